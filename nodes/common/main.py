@@ -1,0 +1,78 @@
+"""`faultlab-node <kind> ...`: the command every node pod runs.
+
+Every flag can also come from a `FAULTLAB_<FLAG>` environment variable
+(`--data-dir` <- `FAULTLAB_DATA_DIR`), which is how pods set them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from faultlab.nodes.common.node import NodeContext, env_default
+from faultlab.nodes.common.resolver import parse_peers
+
+# kind -> module exposing `async def serve(ctx: NodeContext) -> None` and optionally
+# `add_arguments(parser)`.
+KINDS = {
+    "raft": "faultlab.nodes.raft.node",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faultlab-node", description="Run one faultlab node process.")
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, module_name in KINDS.items():
+        p = sub.add_parser(kind, help=f"run a {kind} node")
+        p.add_argument("--id", default=env_default("id"), help="this member's id (FAULTLAB_ID)")
+        p.add_argument("--listen", default=env_default("listen", "127.0.0.1:7000"),
+                       help="host:port to serve gRPC on (FAULTLAB_LISTEN)")
+        p.add_argument("--advertise", default=env_default("advertise"),
+                       help="host:port peers and clients dial; defaults to --listen (FAULTLAB_ADVERTISE)")
+        p.add_argument("--peers", default=env_default("peers"),
+                       help="initial members, id=host:port,... including this one (FAULTLAB_PEERS)")
+        p.add_argument("--data-dir", default=env_default("data_dir"), help="durable state (FAULTLAB_DATA_DIR)")
+        p.add_argument("--metrics-listen", default=env_default("metrics_listen"),
+                       help="host:port for Prometheus metrics; empty disables (FAULTLAB_METRICS_LISTEN)")
+        p.add_argument("--agent-token", default=env_default("agent_token"),
+                       help="token the fault agent requires; empty disables the agent (FAULTLAB_AGENT_TOKEN)")
+        p.add_argument("--log-level", default=env_default("log_level", "INFO"))
+        module = importlib.import_module(module_name)
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.id:
+        sys.exit("faultlab-node: --id (or FAULTLAB_ID) is required")
+    if not args.data_dir:
+        sys.exit("faultlab-node: --data-dir (or FAULTLAB_DATA_DIR) is required")
+    try:
+        peers = parse_peers(args.peers)
+    except ValueError as exc:
+        sys.exit(f"faultlab-node: {exc}")
+    known = {"kind", "id", "listen", "advertise", "peers", "data_dir", "metrics_listen", "agent_token", "log_level"}
+    options = {k: v for k, v in vars(args).items() if k not in known}
+    module = importlib.import_module(KINDS[args.kind])
+
+    async def run() -> None:
+        ctx = NodeContext(kind=args.kind, node_id=args.id, listen=args.listen, advertise=args.advertise,
+                          peers=peers, data_dir=Path(args.data_dir), agent_token=args.agent_token,
+                          metrics_listen=args.metrics_listen, options=options)
+        await module.serve(ctx)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Node bootstrap shared by every kind: flags, the gRPC server, health, reflection, metrics.
+
+A kind provides `async def serve(ctx: NodeContext) -> None` (registered in
+`faultlab.nodes.common.main.KINDS`) that adds its services to `ctx.server`,
+calls `await ctx.start()` and runs until `ctx.stopping` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faultlab.nodes.common.clock import CLOCK, Clock
+from faultlab.nodes.common.resolver import PeerResolver
+
+log = logging.getLogger("faultlab.node")
+
+# Large enough for batched AppendEntries and snapshot chunks.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.enable_retries", 0),
+]
+
+
+@dataclass
+class NodeContext:
+    """Everything a node kind needs from the process it runs in."""
+
+    kind: str
+    node_id: str
+    listen: str
+    peers: dict[str, str]
+    data_dir: Path
+    advertise: str = ""
+    agent_token: str = ""
+    metrics_listen: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+    clock: Clock = CLOCK
+    resolver: PeerResolver = field(default_factory=PeerResolver)
+    server_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
+    # Interceptors placed on every outgoing channel; each is built for the peer id it talks to.
+    client_interceptor_factories: list[Callable[[str], Sequence[grpc.aio.ClientInterceptor]]] = field(
+        default_factory=list
+    )
+    # Hooks the fault agent uses: called with no arguments on crash/disk faults etc.
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    server: grpc.aio.Server | None = None
+    health: health.aio.HealthServicer | None = None  # type: ignore[name-defined]
+    _service_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.advertise = self.advertise or self.listen
+
+    def create_server(self) -> grpc.aio.Server:
+        self.server = grpc.aio.server(interceptors=self.server_interceptors, options=CHANNEL_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        return self.server
+
+    def add_service_name(self, full_name: str) -> None:
+        self._service_names.append(full_name)
+
+    def channel(self, peer_id: str, address: str) -> grpc.aio.Channel:
+        """An insecure channel to a peer, with the fault agent's client interceptors."""
+        interceptors: list[grpc.aio.ClientInterceptor] = []
+        for factory in self.client_interceptor_factories:
+            interceptors.extend(factory(peer_id))
+        return grpc.aio.insecure_channel(
+            self.resolver.resolve(address), options=CHANNEL_OPTIONS, interceptors=interceptors or None
+        )
+
+    async def start(self) -> None:
+        """Binds, enables reflection and metrics, and marks every service SERVING."""
+        assert self.server is not None and self.health is not None, "call create_server() first"
+        names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        port = self.server.add_insecure_port(self.listen)
+        if port == 0:
+            raise OSError(f"--listen {self.listen}: cannot bind (address in use or not local)")
+        if self.metrics_listen:
+            from prometheus_client import start_http_server
+
+            host, _, mport = self.metrics_listen.rpartition(":")
+            start_http_server(int(mport), addr=host or "0.0.0.0")
+        await self.server.start()
+        await self.set_serving(True)
+        log.info("%s node %s serving on %s", self.kind, self.node_id, self.listen)
+
+    async def set_serving(self, serving: bool) -> None:
+        assert self.health is not None
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+
+    async def wait_stopping(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.stopping.wait()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None:
+            await self.set_serving(False)
+            await self.server.stop(grace)
+
+
+def env_default(name: str, default: str = "") -> str:
+    """A flag's default from `FAULTLAB_<NAME>` (how pods pass flags)."""
+    return os.environ.get("FAULTLAB_" + name.upper().replace("-", "_"), default)
