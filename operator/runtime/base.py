@@ -1,0 +1,68 @@
+"""Where nodes run, behind one interface: the chaos engine and the CLI see only this.
+
+Two implementations: `local` (node processes on loopback, state under `.faultlab/`)
+and `kubernetes` (the target resource's pods). They differ in how members are found
+and how a process is killed or paused; faults themselves always go to each member's
+FaultAgent over gRPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """The system an experiment targets: a resource kind and name (namespace on Kubernetes)."""
+
+    kind: str
+    name: str
+    namespace: str = "default"
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One node of a target system as a runtime sees it."""
+
+    id: str
+    address: str  # host:port of its gRPC server (data services and FaultAgent)
+    process: str = ""  # pid locally, pod name on Kubernetes
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class RuntimeError_(Exception):
+    """A runtime could not do what was asked; the message says what and what to do."""
+
+
+class Runtime(Protocol):
+    """What the experiment engine needs from wherever the nodes run."""
+
+    name: str
+
+    async def members(self, target: TargetRef) -> list[Member]:
+        """Current members of the target, running or not."""
+        ...
+
+    async def agent_token(self, target: TargetRef) -> str:
+        """The token each member's FaultAgent requires."""
+        ...
+
+    async def kill(self, target: TargetRef, member: Member) -> None:
+        """Kill the member's process at once (SIGKILL / pod delete with grace 0); it is restarted by its supervisor."""
+        ...
+
+    async def pause(self, target: TargetRef, member: Member) -> None:
+        """Freeze the member's process (SIGSTOP)."""
+        ...
+
+    async def resume(self, target: TargetRef, member: Member) -> None:
+        """Unfreeze the member's process (SIGCONT). Must be safe to call on a running process."""
+        ...
+
+    async def wait_running(self, target: TargetRef, member: Member, timeout_s: float) -> bool:
+        """Wait until the member's process runs (restarted after a kill); False on timeout."""
+        ...
