@@ -8,8 +8,8 @@ as `faultlab.protos.<service>.v1`. `--check` fails when the committed code is st
 from __future__ import annotations
 
 import argparse
-import os
 import filecmp
+import os
 import shutil
 import sys
 import tempfile
