@@ -1,0 +1,37 @@
+"""The fault agent every node process hosts (`faultlab.agent.v1.FaultAgent`).
+
+Node kinds call::
+
+    agent = attach_agent(ctx)
+    server = ctx.create_server()
+    if agent:
+        agent.add_to_server(server)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faultlab.nodes.agent.resources import remove_stale_ballast
+from faultlab.nodes.agent.service import Agent
+from faultlab.nodes.common.node import NodeContext
+
+__all__ = ["Agent", "attach_agent"]
+
+log = logging.getLogger("faultlab.agent")
+
+
+def attach_agent(ctx: NodeContext) -> Agent | None:
+    """Creates the agent and installs its interceptors; None (agent disabled) without an agent token.
+
+    Call before `ctx.create_server()` (the server takes its interceptors at creation) and
+    before opening peer channels.
+    """
+    if not ctx.agent_token:
+        log.info("fault agent disabled: no --agent-token")
+        return None
+    remove_stale_ballast(ctx.data_dir)
+    agent = Agent(ctx)
+    ctx.server_interceptors.append(agent.network.server_interceptor())
+    ctx.client_interceptor_factories.append(agent.client_interceptors)
+    return agent
