@@ -20,6 +20,7 @@ from faultlab.nodes.common.resolver import parse_peers
 # `add_arguments(parser)`.
 KINDS = {
     "raft": "faultlab.nodes.raft.node",
+    "echo": "faultlab.nodes.agent.testing",
 }
 
 
