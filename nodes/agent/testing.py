@@ -144,3 +144,84 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------ test harness: echo nodes as processes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EchoProcess:
+    """One echo node as a child process (what the integration tests start)."""
+
+    def __init__(self, node_id: str, peers: dict[str, str], data_dir: Path, token: str) -> None:
+        self.node_id = node_id
+        self.address = peers[node_id]
+        self.peers = peers
+        self.data_dir = data_dir
+        self.token = token
+        self.proc: Any = None
+
+    def start(self) -> EchoProcess:
+        import subprocess
+        import sys
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        peers = ",".join(f"{k}={v}" for k, v in self.peers.items())
+        log = open(self.data_dir.parent / f"{self.node_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faultlab.nodes.agent.testing", "--id", self.node_id, "--listen", self.address,
+             "--peers", peers, "--data-dir", str(self.data_dir), "--agent-token", self.token],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"echo node {self.node_id} exited with {self.proc.returncode}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"echo node {self.node_id} not serving on {self.address} after {timeout}s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_echo_nodes(ids: list[str], base_dir: Path, token: str) -> dict[str, EchoProcess]:
+    peers = {i: f"127.0.0.1:{free_port()}" for i in ids}
+    nodes = {i: EchoProcess(i, peers, base_dir / i, token).start() for i in ids}
+    try:
+        for node in nodes.values():
+            node.wait_ready()
+    except BaseException:
+        for node in nodes.values():
+            node.stop()
+        raise
+    return nodes
