@@ -1,7 +1,8 @@
 """Network faults, applied by gRPC interceptors per peer and direction.
 
 Outbound: client interceptors on every peer channel (built per peer id) stamp each
-call with `faultlab-from: <node id>` and drop, fail, delay, throttle or duplicate it.
+call with `faultlab-from: <node id>` (unless the caller set it, e.g. to `<id>=<host:port>`)
+and drop, fail, delay, throttle or duplicate it.
 Inbound: one server interceptor reads `faultlab-from` to learn the sending peer (no
 header = client traffic, faulted only with `include_clients`). The FaultAgent,
 Health and reflection services are never faulted, so faults can always be recovered.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,12 @@ def matches(match: pb.TrafficMatch, *, inbound: bool, peer: str | None, method: 
     if peer is None:
         return inbound and match.include_clients
     return not match.peers or peer in match.peers
+
+
+def sender_id(value: str | bytes) -> str:
+    """The peer id in a `faultlab-from` value: `<id>` or `<id>=<host:port>`."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return text.partition("=")[0]
 
 
 def message_size(message: Any) -> int:
@@ -215,7 +222,7 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         peer: str | None = None
         for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
             if key == FROM_METADATA:
-                peer = value
+                peer = sender_id(value)
         faults = self._faults
 
         async def before(context: grpc.aio.ServicerContext, nbytes: int) -> Plan | None:
@@ -293,9 +300,10 @@ class _Outbound:
         self._peer_id = peer_id
 
     def _stamp(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, str]:
-        pairs: Iterable[tuple[str, Any]] = details.metadata or ()
-        metadata = grpc.aio.Metadata(*((k, v) for k, v in pairs if k != FROM_METADATA))
-        metadata.add(FROM_METADATA, self._node_id)
+        pairs: list[tuple[str, Any]] = list(details.metadata or ())
+        metadata = grpc.aio.Metadata(*pairs)
+        if not any(k == FROM_METADATA for k, _ in pairs):  # a caller's own `id=address` value is kept
+            metadata.add(FROM_METADATA, self._node_id)
         method = details.method
         name = method.decode() if isinstance(method, bytes) else str(method)
         return details._replace(metadata=metadata), name  # type: ignore[attr-defined]

@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faultlab.nodes.agent import attach_agent
 from faultlab.nodes.agent.client import AgentClient, FaultSpecError, fault_from_spec, match_from_spec
-from faultlab.nodes.agent.faults import FaultError, FaultRegistry, validate_fault
-from faultlab.nodes.agent.network import NetworkFaults, TokenBucket, exempt, matches
+from faultlab.nodes.agent.faults import ACTIVE, FaultError, FaultRegistry, validate_fault
+from faultlab.nodes.agent.network import FROM_METADATA, NetworkFaults, TokenBucket, exempt, matches, sender_id
 from faultlab.nodes.common import faults as process_faults
 from faultlab.nodes.common.clock import Clock
 from faultlab.nodes.common.node import NodeContext
@@ -238,21 +238,6 @@ async def test_ttl_heals_without_anyone_calling_recover() -> None:
     assert 0.9 <= time.monotonic() - start < 3 and registry.active() == []
 
 
-async def test_ttl_ignores_clock_skew() -> None:
-    clock = Clock()
-    clock.set_skew(3600.0, 0)  # the node's clock jumps an hour: the TTL must not care
-    undone = asyncio.Event()
-
-    async def apply(fault: pb.Fault):
-        return "ok", undone.set
-
-    registry = FaultRegistry(apply)
-    await registry.inject(_fault("t", ttl=2, partition=pb.Partition()))
-    await asyncio.sleep(0.2)
-    assert not undone.is_set()
-    await registry.recover_all()
-
-
 # ------------------------------------------------------------------ the service in-process
 
 
@@ -377,3 +362,78 @@ async def test_disk_fill_leaves_the_requested_free_space(agent_server) -> None:
         assert 16 * 1024 * 1024 <= size <= 48 * 1024 * 1024
         await client.recover("d")
         assert not ballast.exists()
+
+
+async def test_ttl_heals_clock_skew_although_the_clock_jumped(agent_server) -> None:
+    ctx, address = agent_server
+    async with AgentClient(address, TOKEN) as client:
+        await client.inject(fault_from_spec("clockSkew", {"offsetMs": -3_600_000, "driftPpm": -500_000},
+                                            id="skew", ttl_seconds=1))
+        assert ctx.clock.skewed
+        await wait_for(lambda: not ctx.clock.skewed, timeout=5)
+        assert (await client.list()).faults == []
+
+
+def test_sender_id() -> None:
+    assert sender_id("n1") == "n1"
+    assert sender_id("n1=10.0.0.1:7000") == "n1"
+    assert sender_id(b"n2=host:1") == "n2"
+
+
+async def test_interceptors_stamp_sender_and_fault_by_peer(tmp_path: Path) -> None:
+    """n2 calls n1 through a peer channel: n1 sees who sent it, and faults follow the peer id."""
+    seen: list[str] = []
+
+    async def ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.extend(str(v) for k, v in context.invocation_metadata() if k == FROM_METADATA)
+        return request
+
+    async def upload(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        return str(sum([len(r) async for r in requests])).encode()
+
+    n1 = NodeContext(kind="t", node_id="n1", listen="127.0.0.1:0", peers={}, data_dir=tmp_path / "1",
+                     agent_token=TOKEN, clock=Clock())
+    agent1 = attach_agent(n1)
+    assert agent1 is not None
+    server = n1.create_server()
+    agent1.add_to_server(server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", {
+        "Ping": grpc.unary_unary_rpc_method_handler(ping),
+        "Upload": grpc.stream_unary_rpc_method_handler(upload),
+    }),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    n2 = NodeContext(kind="t", node_id="n2", listen="127.0.0.1:0", peers={}, data_dir=tmp_path / "2",
+                     agent_token=TOKEN, clock=Clock())
+    agent2 = attach_agent(n2)
+    assert agent2 is not None
+    channel = n2.channel("n1", f"127.0.0.1:{port}")
+    ping_call = channel.unary_unary("/t.Echo/Ping")
+    upload_call = channel.stream_unary("/t.Echo/Upload")
+    try:
+        assert await ping_call(b"x") == b"x"
+        assert await ping_call(b"x", metadata=((FROM_METADATA, "n2=127.0.0.1:9"),)) == b"x"
+        assert seen == ["n2", "n2=127.0.0.1:9"]  # a caller's own value is kept, not doubled
+
+        gauge = ACTIVE.labels("partition")
+        before = gauge._value.get()
+        await agent1.registry.inject(_fault("in", partition=pb.Partition(), match=pb.TrafficMatch(peers=["n2"])))
+        assert gauge._value.get() == before + 1
+        for metadata in (None, ((FROM_METADATA, "n2=127.0.0.1:9"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ping_call(b"x", metadata=metadata)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "partition" in (info.value.details() or "")
+        await agent1.registry.recover("in")
+        assert gauge._value.get() == before
+
+        await agent2.registry.inject(_fault("out", partition=pb.Partition(), match=pb.TrafficMatch(peers=["n1"])))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await upload_call(iter([b"ab", b"cd"]))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        await agent2.registry.recover("out")
+        assert await upload_call(iter([b"ab", b"cd"])) == b"4"
+    finally:
+        await channel.close()
+        await agent1.close()
+        await agent2.close()
+        await server.stop(0)
