@@ -277,7 +277,9 @@ def load_resources(source: str | Path) -> list[Resource]:
 
     Raises `ResourceError` naming the document, the field path and the fix.
     """
-    if isinstance(source, Path) or ("\n" not in source and Path(source).is_file()):
+    looks_like_path = "\n" not in source if isinstance(source, str) else True
+    if isinstance(source, Path) or (looks_like_path and (Path(source).exists()
+                                                         or source.endswith((".yaml", ".yml", ".json")))):
         path = Path(source)
         try:
             text = path.read_text()
