@@ -6,17 +6,22 @@ Node kinds call::
     server = ctx.create_server()
     if agent:
         agent.add_to_server(server)
+
+Hooks: `ctx.hooks["fault_injected"]` / `ctx.hooks["fault_recovered"]`, when set, are
+called with the `Fault` after it is applied / undone. The engine talks to the agent
+through `faultlab.nodes.agent.client.AgentClient` and builds faults with `fault_from_spec`.
 """
 
 from __future__ import annotations
 
 import logging
 
+from faultlab.nodes.agent.client import AgentClient, fault_from_spec
 from faultlab.nodes.agent.resources import remove_stale_ballast
 from faultlab.nodes.agent.service import Agent
 from faultlab.nodes.common.node import NodeContext
 
-__all__ = ["Agent", "attach_agent"]
+__all__ = ["Agent", "AgentClient", "attach_agent", "fault_from_spec"]
 
 log = logging.getLogger("faultlab.agent")
 

@@ -7,6 +7,7 @@ errors are `FaultSpecError` (a ValueError) naming the field.
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
 from collections.abc import Mapping
@@ -207,7 +208,7 @@ class AgentClient:
     async def list(self, *, timeout: float | None = None) -> pb.ListResponse:
         return await self._stub.List(pb.ListRequest(), metadata=self._metadata, timeout=timeout or self.timeout)
 
-    async def recover_all(self, *, timeout: float | None = None) -> list[str]:
+    async def recover_all(self, *, timeout: float | None = None) -> builtins.list[str]:
         response = await self._stub.RecoverAll(pb.RecoverAllRequest(), metadata=self._metadata,
                                                timeout=timeout or self.timeout)
         return list(response.recovered)
