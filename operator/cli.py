@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from collections.abc import Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,7 +25,8 @@ def package_version() -> str:
         return "0+unknown"
 
 
-console = Console(highlight=False)
+# Piped output (CI logs, tests) gets room for the member table instead of rich's 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -109,8 +111,9 @@ def _print_cluster(runtime: Any, name: str, title: str | None = None) -> bool:
     views = run(runtime.inspect(name))
     leader = LocalRuntime.leader_of(views)
     table = Table(title=title or f"RaftCluster {name}", title_justify="left")
-    for col in ("member", "address", "pid", "role", "term", "commit/applied", "health"):
-        table.add_column(col, justify="right" if col in {"term", "pid"} else "left")
+    for col in ("member", "address", "pid", "restarts", "role", "term", "commit/applied", "health"):
+        table.add_column(col, justify="right" if col in {"term", "pid", "restarts"} else "left",
+                         no_wrap=col != "health")
     for v in views:
         role = f"[bold green]{v.role}[/]" if v.id == leader else v.role
         health = {"SERVING": "[green]SERVING[/]"}.get(v.health, f"[red]{v.health}[/]")
@@ -118,8 +121,7 @@ def _print_cluster(runtime: Any, name: str, title: str | None = None) -> bool:
             health = "[yellow]paused[/]"
         if v.error:
             health += f" [red]{v.error}[/]"
-        restarts = f" ({v.restarts} restarts)" if v.restarts else ""
-        table.add_row(v.id, v.address, f"{v.pid or '-'}{restarts}", role, str(v.term),
+        table.add_row(v.id, v.address, str(v.pid or "-"), str(v.restarts), role, str(v.term),
                       f"{v.commit_index}/{v.applied_index}", health)
     console.print(table)
     if leader:

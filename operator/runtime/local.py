@@ -349,7 +349,7 @@ class LocalRuntime:
             if state.spec != spec:
                 raise RuntimeError_(f"cluster {name} is already up with a different spec; "
                                     f"`faultlab down {name}` first, then `faultlab up` again")
-            await self.wait_for_leader(name, timeout_s)
+            await self.wait_for_leader(name, timeout_s, all_ready=True)
             return await self.members(TargetRef("RaftCluster", name))
         cdir = self.cluster_dir(name)
         self._wipe(cdir)
@@ -397,7 +397,7 @@ class LocalRuntime:
                             "--peers", peers, "--data-dir", m.data_dir, "--agent-token", token, *extra]
                 m.supervisor_pid = self._spawn_supervisor(m, node_cmd)
             self._save(state)
-            await self.wait_for_leader(name, timeout_s, fail_on_restart=True)
+            await self.wait_for_leader(name, timeout_s, fail_on_restart=True, all_ready=True)
         except BaseException:
             await self._stop(state, timeout_s=5.0)
             raise
@@ -476,7 +476,7 @@ class LocalRuntime:
         alive = pid_alive(pid) and m.is_node(pid)
         process = "down"
         if alive:
-            process = "paused" if _proc_state(pid or 0) == "T" else "running"
+            process = "paused" if _proc_state(pid or 0) in {"T", "t"} else "running"
         view = MemberView(id=m.id, address=m.address, pid=pid if alive else None, process=process,
                           restarts=int(sup.get("restarts") or 0))
         if process != "running":
@@ -525,11 +525,14 @@ class LocalRuntime:
                 applied_index=v.applied_index, pod=str(v.pid or "")) for v in views],
         )
 
-    async def wait_for_leader(self, name: str, timeout_s: float = 30.0, fail_on_restart: bool = False) -> str:
-        """Polls until a quorum agrees on a leader; the error shows the failing member's log tail."""
+    async def wait_for_leader(self, name: str, timeout_s: float = 30.0, fail_on_restart: bool = False,
+                              all_ready: bool = False) -> str:
+        """Polls until a quorum agrees on a leader (and, with `all_ready`, every member serves until the
+        deadline); the error shows the failing member's log tail."""
         state = self.load(name)
         deadline = time.monotonic() + timeout_s
         views: list[MemberView] = []
+        leader: str | None = None
         while True:
             for m in state.members:
                 sup = m.supervisor_state()
@@ -540,11 +543,13 @@ class LocalRuntime:
                     raise RuntimeError_(self._failure(m, "its node process exited"))
             views = await self.inspect(name)
             leader = self.leader_of(views)
-            if leader:
+            if leader and (not all_ready or all(v.ready for v in views)):
                 return leader
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(POLL_S * 2)
+        if leader:
+            return leader  # a quorum serves; the stragglers show in `status`
         lines = [f"cluster {name}: no leader after {timeout_s:g}s"]
         for v in views:
             lines.append(f"  {v.id} {v.address}: process {v.process}, role {v.role}, term {v.term}, "
@@ -594,14 +599,28 @@ class LocalRuntime:
         _signal(pid, signal.SIGKILL)
 
     async def pause(self, target: TargetRef, member: Member) -> None:
+        """SIGSTOPs the node and returns once it is stopped."""
         _, pid = self._node_pid(target, member)
         _signal(pid, signal.SIGSTOP)
+        await self._wait_proc_state(pid, stopped=True)
 
     async def resume(self, target: TargetRef, member: Member) -> None:
+        """SIGCONTs the node (if it runs) and returns once it is no longer stopped."""
         m = self._target_state(target).member(member.id)
         pid = m.node_pid()
         if pid and pid_alive(pid) and m.is_node(pid):
             _signal(pid, signal.SIGCONT)
+            await self._wait_proc_state(pid, stopped=False)
+
+    @staticmethod
+    async def _wait_proc_state(pid: int, stopped: bool, timeout_s: float = 5.0) -> None:
+        """Signals are delivered asynchronously: wait until /proc shows the effect (where there is /proc)."""
+        deadline = time.monotonic() + timeout_s
+        while pid_alive(pid) and (_proc_state(pid) in {"T", "t"}) != stopped and Path("/proc").is_dir():
+            if time.monotonic() >= deadline:
+                raise RuntimeError_(f"process {pid} did not {'stop' if stopped else 'continue'} "
+                                    f"within {timeout_s:g}s")
+            await asyncio.sleep(0.01)
 
     def node_pid(self, target: TargetRef, member_id: str) -> int | None:
         """The member's current node pid, if it runs."""
@@ -614,7 +633,8 @@ class LocalRuntime:
         deadline = time.monotonic() + timeout_s
         while True:
             pid = m.node_pid()
-            if pid and pid_alive(pid) and _proc_state(pid) != "T" and await query_health(m.address) == "SERVING":
+            if (pid and pid_alive(pid) and _proc_state(pid) not in {"T", "t"}
+                    and await query_health(m.address) == "SERVING"):
                 return True
             if time.monotonic() >= deadline:
                 return False
