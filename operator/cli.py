@@ -197,10 +197,11 @@ def _optional(module: str) -> Any:
         raise
 
 
-_chaos = _optional("faultlab.operator.chaos.commands")
-if _chaos is not None:
-    cli.add_command(_chaos.chaos_group, "chaos")
-    cli.add_command(_chaos.demo_command, "demo")
+from faultlab.operator.chaos.commands import chaos_group, demo_command  # noqa: E402
+
+cli.add_command(chaos_group, "chaos")
+cli.add_command(demo_command, "demo")
+# `faultlab operator` arrives with the reconciler; until its module exists the command is absent.
 _reconcile = _optional("faultlab.operator.reconcile.commands")
 if _reconcile is not None:
     cli.add_command(_reconcile.operator_group, "operator")
