@@ -1,0 +1,212 @@
+"""The engine's lifecycle against in-memory agents: journal-before-act, rollback, dry run, abort, pause, resume.
+
+These test the engine's bookkeeping only; tests/integration/test_chaos_*.py run the same
+engine against real nodes and real agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from faultlab.operator.api import ChaosExperiment
+from faultlab.operator.chaos.engine import Engine, EngineOptions
+from faultlab.operator.chaos.journal import (
+    ExperimentState,
+    FaultRecord,
+    FaultStatus,
+    FileStateStore,
+    MemoryStateStore,
+    Phase,
+)
+from faultlab.operator.chaos.probes import ClusterView, MemberStatus
+from faultlab.operator.cli import cli
+from tests.unit.test_chaos_fakes import FakeRuntime
+
+
+@pytest.fixture(autouse=True)
+def fake_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def statuses(self: ClusterView) -> dict[str, MemberStatus | None]:
+        return {m: MemberStatus(m, "leader" if m == "n1" else "follower", 1, "n1") for m in sorted(self.members)}
+
+    async def healthy(self: ClusterView, member: str) -> bool:
+        return True
+
+    monkeypatch.setattr(ClusterView, "statuses", statuses)
+    monkeypatch.setattr(ClusterView, "healthy", healthy)
+
+
+def doc(faults: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "faultlab.dev/v1alpha1", "kind": "ChaosExperiment", "metadata": {"name": "unit"},
+            "spec": {"target": {"name": "c"}, "faults": faults, "workload": {"enabled": False}, "checks": [],
+                     "durationSeconds": 0.6, **spec}}
+
+
+def options(rt: FakeRuntime, **kw: Any) -> EngineOptions:
+    base: dict[str, Any] = {"warmup_s": 0.0, "settle_s": 0.1, "after_s": 0.0, "tick_s": 0.02,
+                            "probe_interval_s": 0.05, "agent_factory": rt.agent_factory, "seed": 1}
+    base.update(kw)
+    return EngineOptions(**base)
+
+
+def run(exp_doc: dict[str, Any], rt: FakeRuntime, store: Any = None, **kw: Any) -> tuple[dict[str, Any], Any]:
+    store = store or MemoryStateStore()
+    exp = ChaosExperiment.model_validate(exp_doc)
+    report = asyncio.run(Engine(exp, rt, store, options(rt, **kw)).run())
+    return report, store
+
+
+def test_partition_is_injected_on_both_sides_journaled_first_and_rolled_back() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    store = MemoryStateStore()
+    seen_before_inject: list[bool] = []
+    for agent in rt.agents.values():
+        original = agent.inject
+
+        async def inject(fault: Any, *, timeout: float | None = None, _orig: Any = original) -> Any:
+            saved = store.saved or {}
+            seen_before_inject.append(any(f["id"] == fault.id and f["status"] == "injecting"
+                                          for f in saved.get("faults", [])))
+            return await _orig(fault, timeout=timeout)
+
+        agent.inject = inject  # type: ignore[method-assign]
+    report, _ = run(doc([{"name": "cut", "type": "partition", "target": {"role": "leader"}}]), rt, store)
+    assert seen_before_inject == [True, True, True], "every fault is journaled before Inject is called"
+    by_member = {f["member"]: f for f in report["faults"]}
+    assert by_member["n1"]["peers"] == ["n2", "n3"] and by_member["n1"]["primary"]
+    assert by_member["n2"]["peers"] == ["n1"] and not by_member["n2"]["primary"]
+    assert all(not a.active for a in rt.agents.values()), "rollback leaves no fault in any agent"
+    assert report["rollback_confirmed"] is True
+    assert report["verdict"] == "Passed"
+    phases = [e["message"].split(":")[0] for e in report["timeline"] if e["kind"] == "phase"]
+    assert phases == ["Pending", "SteadyStateCheck", "Injecting", "Observing", "RollingBack", "Verifying",
+                      "Checking", "Completed"]
+    ttl = {f["ttl_s"] for f in report["faults"]}
+    assert all(t >= 10 for t in ttl), "each fault carries a TTL of its duration plus a margin"
+
+
+def test_dry_run_injects_nothing_and_lists_the_targets() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, store = run(doc([{"name": "slow", "type": "delay", "target": {"mode": "all"}}], dryRun=True), rt)
+    assert not any(a.calls for a in rt.agents.values())
+    assert report["verdict"] is None and report["phase"] == "DryRun"
+    assert report["plan"][0]["faults"][0]["targets"] == ["n1", "n2", "n3"]
+    assert store.load().phase == Phase.DRY_RUN
+
+
+def test_abort_condition_rolls_back_within_two_seconds() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    exp = doc([{"name": "slow", "type": "delay", "target": {"mode": "one"}, "durationSeconds": 30}],
+              durationSeconds=30,
+              abortConditions=[{"probe": {"name": "always-bad", "type": "command", "command": ["false"],
+                                          "everySeconds": 0.05}}])
+    started = time.monotonic()
+    report, _ = run(exp, rt)
+    assert time.monotonic() - started < 10
+    assert report["verdict"] == "Aborted"
+    abort = next(e for e in report["timeline"] if e["kind"] == "abort")
+    recovered = [e["at"] for e in report["timeline"] if e["kind"] == "recover"]
+    assert recovered and max(recovered) - abort["data"]["breach_at"] < 2.0
+    assert all(not a.active for a in rt.agents.values())
+
+
+def test_pause_rolls_back_and_unpause_injects_again() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    t0 = time.time()
+
+    def paused() -> bool:
+        return 0.5 < time.time() - t0 < 1.2
+
+    report, _ = run(doc([{"name": "slow", "type": "delay", "target": {"mode": "one"}, "durationSeconds": 2}],
+                        durationSeconds=2), rt, paused=paused)
+    kinds = [e["kind"] for e in report["timeline"]]
+    assert "pause" in kinds
+    injected = [e for e in report["timeline"] if e["kind"] == "inject"]
+    assert len(injected) == 2, "injected once, rolled back on pause, injected again on unpause"
+    assert injected[0]["data"]["fault"] != injected[1]["data"]["fault"]
+    assert all(not a.active for a in rt.agents.values())
+
+
+def test_kill_and_pause_use_the_runtime() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3", "n4", "n5"])
+    report, _ = run(doc([{"name": "k", "type": "kill", "target": {"role": "leader"}},
+                         {"name": "p", "type": "pause", "target": {"role": "follower"}}]), rt)
+    assert rt.killed == ["n1"]
+    assert not rt.paused
+    assert report["rollback_confirmed"] is True
+    assert {e["kind"] for e in report["timeline"]} >= {"restart", "recover"}
+
+
+def test_resume_rolls_back_everything_the_journal_lists(tmp_path: Path) -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    exp = ChaosExperiment.model_validate(doc([{"name": "slow", "type": "delay"}]))
+    state = ExperimentState("unit", "abcd", exp.to_dict(), 5, phase=Phase.OBSERVING)
+    state.members = {m: rt.address(m) for m in rt.ids}
+    fault_fields = {"address": "", "step": 0, "fault_index": 0, "fault_name": "slow", "ttl_seconds": 30}
+    for i, (member, status) in enumerate([("n1", FaultStatus.ACTIVE), ("n2", FaultStatus.INJECTING)]):
+        fid = f"fl-abcd-0-{member}-{i}"
+        state.faults.append(FaultRecord(id=fid, member=member, type="delay", mechanism="agent", status=status,
+                                        **fault_fields))  # type: ignore[arg-type]
+        rt.agents[member].active[fid] = __import__("faultlab.protos.agent.v1.agent_pb2", fromlist=["x"]).Fault(id=fid)
+    state.faults.append(FaultRecord(id="fl-abcd-p-n3", member="n3", type="pause", mechanism="pause",
+                                    status=FaultStatus.ACTIVE, **fault_fields))  # type: ignore[arg-type]
+    rt.paused.add("n3")
+    store = FileStateStore(tmp_path / "journal.json")
+    store.save(state)
+    report = asyncio.run(Engine.resume(store, rt, options(rt)))
+    assert report is not None
+    assert all(not a.active for a in rt.agents.values())
+    assert not rt.paused
+    assert report["verdict"] == "Inconclusive" and report["rollback_confirmed"] is True
+    loaded = store.load()
+    assert loaded is not None and loaded.phase == Phase.COMPLETED and not loaded.outstanding()
+    assert asyncio.run(Engine.resume(store, rt, options(rt))) is None, "a finished journal has nothing to do"
+
+
+def test_file_store_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    store = FileStateStore(tmp_path / "x" / "journal.json")
+    assert store.load() is None
+    state = ExperimentState("n", "r", {"a": 1}, 3)
+    state.event("phase", "Pending")
+    store.save(state)
+    again = store.load()
+    assert again is not None and again.to_dict() == state.to_dict()
+    assert [p.name for p in (tmp_path / "x").iterdir()] == ["journal.json"], "no temp file left behind"
+    (tmp_path / "x" / "journal.json").write_text("{not json")
+    with pytest.raises(ValueError, match="journal"):
+        store.load()
+
+
+def test_malformed_experiment_is_rejected_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""
+apiVersion: faultlab.dev/v1alpha1
+kind: ChaosExperiment
+metadata: {name: bad}
+spec:
+  target: {name: demo}
+  faults:
+    - name: f
+      type: delay
+      target: {mode: fixed}
+""")
+    result = CliRunner().invoke(cli, ["chaos", "run", "-f", str(bad), "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "spec.faults[0].target" in result.output and "value" in result.output
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(bad.read_text().replace("target: {mode: fixed}", "targte: {mode: one}"))
+    result = CliRunner().invoke(cli, ["chaos", "run", "-f", str(typo), "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "spec.faults[0].targte" in result.output
+
+
+def test_bad_fault_params_are_rejected_before_injection() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, _ = run(doc([{"name": "c", "type": "clockSkew", "params": {"offsetMs": 0}}]), rt)
+    assert report["verdict"] == "Failed" and "nothing injected" in report["message"]
+    assert "spec.faults[0] (c).params" in report["message"]
+    assert not any(a.calls for a in rt.agents.values())
