@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -157,7 +158,7 @@ def test_engine_plans_stay_within_the_blast_radius(n: int, sel: dict[str, object
             assert len(hit) <= max_targets
         if not allow and ftype in UNAVAILABILITY_FAULTS:
             assert len(step.faults[0].impaired(members)) <= quorum_tolerance(n)
-    for a, b in zip(plan, plan[1:], strict=False):
+    for a, b in itertools.pairwise(plan):
         assert a.targets() <= b.targets(), "rollout steps only widen"
 
 
