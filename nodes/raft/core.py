@@ -752,7 +752,7 @@ class RaftCore:
             pr.free_le(m.index)
         if self._maybe_commit():
             self._after_commit()
-            if self.role != _LEADER:
+            if self.role != _LEADER or m.frm not in self.prs:
                 return
         elif old_paused:
             self._send_append(m.frm)
