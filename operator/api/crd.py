@@ -7,9 +7,10 @@ CEL rules (`x-kubernetes-validations`) mirroring the models' cross-field
 validators, the status subresource, printer columns, short names and the
 `faultlab` category. `tools/gen_crds.py` writes them to `crds/`.
 
-One deliberate difference from the models: on Kubernetes `spec.replicas` of a
+Deliberate differences from the models: on Kubernetes `spec.replicas` of a
 RaftCluster is required (a default member count is fine for `faultlab up`, not for
-a resource that owns pods and volumes).
+a resource that owns pods and volumes), and a ChaosExperiment's status also holds
+`journal`, the engine's resumable state, which only the operator reads.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class KindInfo:
     columns: list[JSON]
     rules: list[Rule] = field(default_factory=list)
     required: dict[str, list[str]] = field(default_factory=dict)  # path -> extra required properties
+    status_extra: dict[str, JSON] = field(default_factory=dict)  # operator-only status fields
 
 
 def _column(name: str, json_path: str, kind: str = "string", description: str = "", priority: int = 0) -> JSON:
@@ -132,6 +134,11 @@ KINDS: dict[str, KindInfo] = {
                  "command is required for, and applies only to, type command", ".command"),
         ],
         required={"": ["spec"]},
+        status_extra={"journal": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+            "description": "The experiment engine's journal (phase, faults and their agents, timeline), saved "
+                           "before every action so a restarted operator resumes and rolls back. Operator-internal.",
+        }},
     ),
 }
 
@@ -273,6 +280,7 @@ def openapi_schema(info: KindInfo) -> JSON:
             "status": status,
         },
     }
+    status.setdefault("properties", {}).update(copy.deepcopy(info.status_extra))
     if "conditions" in status.get("properties", {}):
         _conditions_as_map(status["properties"]["conditions"])
     for where, names in info.required.items():

@@ -1,0 +1,309 @@
+"""ChaosExperiment on Kubernetes: the chaos engine with the Kubernetes runtime, its journal in status.
+
+The engine (`faultlab.operator.chaos.engine`) is runtime-agnostic and saves its
+journal through a StateStore before every action; here that store is the
+resource's `status.journal`, so an operator killed at any point is resumed by the
+next one, which rolls back whatever the journal says may still be in effect and
+completes the run. The engine runs on its own thread and event loop (its
+workload is busy; kopf's loop stays responsive) and is cancelled through a flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from faultlab.operator.api import ChaosExperiment
+from faultlab.operator.chaos.engine import Engine, EngineOptions
+from faultlab.operator.chaos.journal import Event, ExperimentState, FaultStatus
+from faultlab.operator.reconcile import builders as b
+from faultlab.operator.reconcile.events import EventRecorder
+from faultlab.operator.reconcile.kube import JSON, ApiError, Kube, path
+from faultlab.operator.runtime.kubernetes import KubernetesRuntime
+
+log = logging.getLogger("faultlab.operator.chaos")
+TIMELINE_IN_STATUS = 100  # the newest events shown in status.timeline (the journal keeps all)
+TERMINAL = {"Completed", "Aborted", "Failed", "DryRun"}
+PHASE_REASONS = {"SteadyStateCheck": "CheckingSteadyState", "Injecting": "Injecting", "Observing": "Observing",
+                 "RollingBack": "RollingBack", "Verifying": "Verifying", "Checking": "CheckingHistory",
+                 "Completed": "Completed", "Aborted": "Aborted", "Failed": "Failed", "DryRun": "DryRun",
+                 "Pending": "Validating"}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusStateStore:
+    """The engine's StateStore on the resource: `status.journal` plus the status fields users read."""
+
+    def __init__(self, kube: Kube, namespace: str, name: str, generation: int = 0,
+                 on_save: Callable[[ExperimentState], None] | None = None) -> None:
+        self.kube = kube
+        self.path = path("ChaosExperiment", namespace, name, "status")
+        self.object_path = path("ChaosExperiment", namespace, name)
+        self.generation = generation
+        self.on_save = on_save
+
+    def load(self) -> ExperimentState | None:
+        body = self.kube.get(self.object_path)
+        journal = ((body or {}).get("status") or {}).get("journal")
+        return ExperimentState.from_dict(journal) if journal else None
+
+    def save(self, state: ExperimentState) -> None:
+        status = status_from_state(state)
+        status["journal"] = state.to_dict()
+        status["observedGeneration"] = self.generation
+        deadline = time.monotonic() + 30
+        while True:  # the journal must be durable before the engine acts: retry through API hiccups
+            try:
+                self.kube.patch(self.path, {"status": status})
+                break
+            except ApiError as exc:
+                if exc.not_found:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("saving the experiment journal failed (%s); retrying", exc)
+                time.sleep(0.5)
+        if self.on_save is not None:
+            self.on_save(state)
+
+
+def _timeline(events: list[Event]) -> list[JSON]:
+    out = []
+    for ev in events[-TIMELINE_IN_STATUS:]:
+        entry: JSON = {"time": iso(ev.at), "type": ev.kind, "message": ev.message[:500]}
+        if ev.data.get("member"):
+            entry["member"] = str(ev.data["member"])
+        if ev.data.get("fault"):
+            entry["fault"] = str(ev.data["fault"])
+        out.append(entry)
+    return out
+
+
+def status_from_state(state: ExperimentState) -> JSON:
+    """What users read in status, from the journal (the report adds metrics at the end)."""
+    faults = []
+    for f in state.faults:
+        entry: JSON = {"fault": f.fault_name, "faultId": f.id, "type": f.type, "member": f.member,
+                       "detail": f.detail[:500]}
+        if f.agent_started_at is not None:
+            entry["agentStartedAt"] = f.agent_started_at
+        if f.injected_at is not None:
+            entry["injectedAt"] = iso(f.injected_at)
+            entry["expiresAt"] = iso(f.injected_at + f.ttl_seconds)
+        if f.recovered_at is not None:
+            entry["recoveredAt"] = iso(f.recovered_at)
+        faults.append(entry)
+    status: JSON = {"phase": state.phase.value, "message": state.message[:1000], "startedAt": iso(state.started_at),
+                    "injectedFaults": faults, "timeline": _timeline(state.timeline)}
+    if state.finished_at is not None:
+        status["finishedAt"] = iso(state.finished_at)
+    if state.verdict:
+        status["verdict"] = state.verdict
+    return status
+
+
+def status_from_report(report: JSON) -> JSON:
+    metrics = report.get("metrics", {})
+    out: JSON = {
+        "availability": (metrics.get("availability") or {}).get("overall"),
+        "errorRate": (metrics.get("error_rate") or {}).get("overall"),
+        "mttrSeconds": metrics.get("mttr_s"),
+        "timeToDetectSeconds": metrics.get("time_to_detect_s"),
+        "latency": {period: {k: v for k, v in (metrics.get("latency", {}).get(period) or {}).items()
+                             if k in ("p50_ms", "p99_ms") and v is not None}
+                    for period in ("before", "during", "after")},
+        "checks": [{k: v for k, v in {
+            "name": c.get("name"), "result": c.get("result", "Unknown"), "message": str(c.get("message", ""))[:1000],
+            "operations": c.get("operations"), "durationSeconds": c.get("duration_seconds"),
+        }.items() if v is not None} for c in report.get("checks", [])],
+    }
+    out["latency"] = {p: {("p50Ms" if k == "p50_ms" else "p99Ms"): v for k, v in stats.items()}
+                      for p, stats in out["latency"].items()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+class ExperimentRun:
+    """One engine run (or resume) on a thread of its own, cancellable from kopf's loop."""
+
+    def __init__(self, kube: Kube, events: EventRecorder, body: JSON) -> None:
+        self.kube = kube
+        self.events = events
+        self.body = body
+        meta = body["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.paused = False
+        self.report: JSON | None = None
+        self.error: BaseException | None = None
+        self._last_phase = ""
+
+    def _on_save(self, state: ExperimentState) -> None:
+        phase = state.phase.value
+        if phase != self._last_phase:
+            self._last_phase = phase
+            warning = phase in ("Aborted", "Failed")
+            message = f"phase {phase}" + (f": {state.message}" if state.message else "")
+            self.events.post_sync(self.body, PHASE_REASONS.get(phase, phase), message, warning=warning)
+
+    def _store(self) -> StatusStateStore:
+        return StatusStateStore(self.kube, self.namespace, self.name, self.body["metadata"].get("generation", 0),
+                                on_save=self._on_save)
+
+    def _options(self) -> EngineOptions:
+        return EngineOptions(paused=lambda: self.paused, html=False)
+
+    def run(self, resume_only: bool = False) -> None:
+        try:
+            asyncio.run(self._main(resume_only))
+        except BaseException as exc:
+            self.error = exc
+            log.exception("experiment %s/%s: engine failed", self.namespace, self.name)
+        finally:
+            self.done.set()
+
+    async def _main(self, resume_only: bool) -> None:
+        runtime = KubernetesRuntime(self.kube)
+        store = self._store()
+        state = await asyncio.to_thread(store.load)
+        if state is not None and not state.terminal:
+            self.events.post_sync(self.body, "Resuming", f"resuming an interrupted run in phase {state.phase.value}: "
+                                  "rolling back what may still be in effect", warning=True)
+            coro = Engine.resume(store, runtime, self._options())
+        elif state is not None and state.outstanding():
+            coro = Engine.resume(store, runtime, self._options(), force=True)
+        elif resume_only or state is not None:
+            return
+        else:
+            experiment = ChaosExperiment.model_validate(
+                {k: self.body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in self.body})
+            coro = Engine(experiment, runtime, store, self._options()).run()
+        task = asyncio.ensure_future(coro)
+        while not task.done():
+            if self.cancel.is_set():
+                task.cancel()
+                break
+            await asyncio.wait({task}, timeout=0.2)
+        try:
+            self.report = await task
+        except asyncio.CancelledError:
+            log.info("experiment %s/%s: engine cancelled (rolled back what it had injected)", self.namespace,
+                     self.name)
+            return
+        if self.report:
+            extra = status_from_report(self.report)
+            await asyncio.to_thread(self.kube.patch, path("ChaosExperiment", self.namespace, self.name, "status"),
+                                    {"status": extra})
+
+
+class ChaosController:
+    """Glue between kopf's daemon/delete handlers and engine runs, one run per experiment at a time."""
+
+    def __init__(self, kube: Kube, events: EventRecorder, finalizer: str) -> None:
+        self.kube = kube
+        self.events = events
+        self.finalizer = finalizer
+        self.runs: dict[tuple[str, str], tuple[ExperimentRun, threading.Thread]] = {}
+
+    async def _wait_finalizer(self, body: Any, stopped: Any, timeout_s: float = 30.0) -> bool:
+        """No fault before the finalizer is on the object: a deletion must come through us to roll back."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not stopped:
+            if self.finalizer in (body.get("metadata", {}).get("finalizers") or []):
+                return True
+            await stopped.wait(0.1)
+        return False
+
+    async def daemon(self, body: Any, namespace: str, name: str, stopped: Any) -> None:
+        status = body.get("status") or {}
+        journal = status.get("journal") or {}
+        finished = status.get("phase") in TERMINAL and journal.get("phase", status.get("phase")) in TERMINAL
+        outstanding = [f for f in journal.get("faults", []) if f.get("status") not in
+                       (FaultStatus.RECOVERED.value, FaultStatus.FAILED.value)]
+        if finished and not outstanding:
+            return
+        if not await self._wait_finalizer(body, stopped):
+            if not stopped:
+                await self.events.post(dict(body), "NoFinalizer", "the finalizer did not appear within 30s; not "
+                                       "injecting anything", warning=True)
+            return
+        snapshot = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                    "metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {})}
+        run = ExperimentRun(self.kube, self.events, snapshot)
+        thread = threading.Thread(target=run.run, kwargs={"resume_only": finished}, daemon=True,
+                                  name=f"chaos-{namespace}-{name}")
+        self.runs[(namespace, name)] = (run, thread)
+        thread.start()
+        restarts = _PodRestarts(self.kube, namespace, snapshot)
+        try:
+            while not run.done.is_set():
+                run.paused = bool((body.get("spec") or {}).get("paused", False))
+                if stopped:
+                    run.cancel.set()
+                    break
+                await restarts.check(self.events)
+                await stopped.wait(0.5)
+            await asyncio.to_thread(run.done.wait)
+        finally:
+            self.runs.pop((namespace, name), None)
+
+    async def on_delete(self, body: Any, namespace: str, name: str) -> None:
+        """Deleting a running experiment rolls it back first (the finalizer holds the object until then)."""
+        entry = self.runs.get((namespace, name))
+        if entry is not None:
+            entry[0].cancel.set()
+            await asyncio.to_thread(entry[0].done.wait, 120)
+        run = ExperimentRun(self.kube, self.events, {"apiVersion": body.get("apiVersion"),
+                                                     "kind": body.get("kind"), "metadata": dict(body["metadata"])})
+        await asyncio.to_thread(run.run, True)
+        if run.error is not None:
+            raise run.error
+        await self.events.post(run.body, "RolledBack", "experiment deleted: nothing it injected remains")
+
+
+class _PodRestarts:
+    """Records target pods that restart (or are replaced) while an experiment runs."""
+
+    def __init__(self, kube: Kube, namespace: str, body: JSON) -> None:
+        self.kube = kube
+        self.body = body
+        target = (body.get("spec") or {}).get("target") or {}
+        self.target = target.get("name", "")
+        self.target_ns = target.get("namespace") or namespace
+        self.seen: dict[str, tuple[str, int]] = {}
+        self.last = 0.0
+
+    async def check(self, events: EventRecorder) -> None:
+        if time.monotonic() - self.last < 1.0 or not self.target:
+            return
+        self.last = time.monotonic()
+        try:
+            pods = await asyncio.to_thread(self.kube.list, path("Pod", self.target_ns),
+                                           labels=b.selector_labels(self.target))
+        except ApiError:
+            return
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            uid = pod["metadata"]["uid"]
+            restarts = sum(c.get("restartCount", 0) for c in pod.get("status", {}).get("containerStatuses", []))
+            before = self.seen.get(name)
+            self.seen[name] = (uid, restarts)
+            if before is None:
+                continue
+            if before[0] != uid:
+                await events.post(self.body, "TargetPodReplaced", f"target pod {name} was replaced during the "
+                                  "experiment (its faults went with it)", warning=True)
+            elif restarts > before[1]:
+                await events.post(self.body, "TargetPodRestarted", f"target pod {name} restarted during the "
+                                  f"experiment (restart count {restarts})", warning=True)

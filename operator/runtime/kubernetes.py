@@ -1,0 +1,113 @@
+"""The Kubernetes runtime: a target's members are its pods.
+
+Members are found by the RaftCluster's pod labels and reached at their pod IPs
+(the operator runs in the cluster network; the test kubelet gives each pod a
+loopback IP). The agent token is read from the cluster's Secret. A kill deletes
+the pod with grace period 0 (the operator recreates it); pausing a process needs
+a signal from inside the pod's node, which no API offers, so pause/resume raise
+a clear error instead of pretending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from faultlab.operator.reconcile import builders as b
+from faultlab.operator.reconcile.kube import ApiError, Kube, path
+from faultlab.operator.runtime.base import Member, RuntimeError_, TargetRef
+
+POLL_S = 0.2
+PAUSE_UNSUPPORTED = (
+    "fault type pause is not supported on Kubernetes: freezing a pod's process needs a signal from its node, "
+    "which the API does not offer; use a partition (the member stops talking) or slowResponse instead, or run "
+    "the experiment with the local runtime (faultlab chaos run)")
+
+
+class KubernetesRuntime:
+    """`Runtime` over the Kubernetes API; implements members, agent_token, kill and wait_running."""
+
+    name = "kubernetes"
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def _check_kind(self, target: TargetRef) -> None:
+        if target.kind != "RaftCluster":
+            raise RuntimeError_(f"target kind {target.kind} is not supported by the Kubernetes runtime "
+                                f"(supported: RaftCluster)")
+
+    async def _pods(self, target: TargetRef) -> list[dict]:
+        self._check_kind(target)
+        pods: list[dict] = await asyncio.to_thread(self.kube.list, path("Pod", target.namespace),
+                                                   labels=b.selector_labels(target.name))
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    async def members(self, target: TargetRef) -> list[Member]:
+        rc = await asyncio.to_thread(self.kube.get, path("RaftCluster", target.namespace, target.name))
+        if rc is None:
+            raise RuntimeError_(f"target {target}: no RaftCluster {target.name} in namespace {target.namespace}")
+        out = []
+        for pod in await self._pods(target):
+            labels = pod["metadata"].get("labels", {})
+            member = labels.get(b.L_MEMBER)
+            ip = pod.get("status", {}).get("podIP")
+            if not member or not ip:
+                continue
+            out.append(Member(id=member, address=f"{ip}:{b.GRPC_PORT}", process=pod["metadata"]["name"],
+                              labels=dict(labels)))
+        return sorted(out, key=lambda m: b.member_index(m.id))
+
+    async def agent_token(self, target: TargetRef) -> str:
+        self._check_kind(target)
+        name = b.secret_name(target.name)
+        try:
+            secret = await asyncio.to_thread(self.kube.get, path("Secret", target.namespace, name))
+        except ApiError as exc:
+            raise RuntimeError_(f"cannot read Secret {target.namespace}/{name} with the agent token: {exc}") from None
+        if secret is None or b.TOKEN_KEY not in secret.get("data", {}):
+            raise RuntimeError_(f"Secret {target.namespace}/{name} with the agent token does not exist yet; is "
+                                f"RaftCluster {target.name} reconciled (and spec.agent.enabled true)?")
+        return base64.b64decode(secret["data"][b.TOKEN_KEY]).decode()
+
+    async def _pod(self, target: TargetRef, member: Member) -> dict | None:
+        name = member.process or b.pod_name(target.name, member.id)
+        pod: dict | None = await asyncio.to_thread(self.kube.get, path("Pod", target.namespace, name))
+        return pod
+
+    async def kill(self, target: TargetRef, member: Member) -> None:
+        """Deletes the member's pod at once (grace 0); the operator replaces it."""
+        pod = await self._pod(target, member)
+        if pod is None:
+            raise RuntimeError_(f"member {member.id}: pod {member.process} does not exist")
+        await asyncio.to_thread(self.kube.delete, path("Pod", target.namespace, pod["metadata"]["name"]),
+                                grace_seconds=0, uid=pod["metadata"]["uid"])
+
+    async def pause(self, target: TargetRef, member: Member) -> None:
+        raise RuntimeError_(PAUSE_UNSUPPORTED)
+
+    async def resume(self, target: TargetRef, member: Member) -> None:
+        return None  # nothing is ever paused here
+
+    async def wait_running(self, target: TargetRef, member: Member, timeout_s: float) -> bool:
+        """Until a (new) pod of the member is Ready and serves gRPC health."""
+        deadline = time.monotonic() + timeout_s
+        name = b.pod_name(target.name, member.id)
+        while time.monotonic() < deadline:
+            pod = await asyncio.to_thread(self.kube.get, path("Pod", target.namespace, name))
+            ip = (pod or {}).get("status", {}).get("podIP")
+            if pod is not None and ip and not pod["metadata"].get("deletionTimestamp"):
+                try:
+                    async with grpc.aio.insecure_channel(f"{ip}:{b.GRPC_PORT}") as channel:
+                        reply = await health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+                except grpc.aio.AioRpcError:
+                    pass
+            await asyncio.sleep(POLL_S)
+        return False
