@@ -518,10 +518,17 @@ class RaftNode:
         return await self._await(fut, timeout, f"entry {index}")
 
     async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
+        if timeout is None:
+            return await fut
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, fut, what)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"{what} was not applied in time on {self.id}; outcome unknown") from None
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[Any], what: str) -> None:
+        if not fut.done():
+            fut.set_exception(DeadlineExceeded(f"{what} did not complete in time on {self.id}; outcome unknown"))
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Linearizable read point: returns once applied >= a confirmed ReadIndex."""

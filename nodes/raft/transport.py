@@ -96,6 +96,31 @@ def message_from_proto(p: pb.RaftMessage, snapshot_data: bytes | None = None) ->
                    p.reject, p.reject_hint, snap, p.context)
 
 
+def merge_messages(prev: Message, m: Message) -> Message | None:
+    """One message equivalent to ``prev`` then ``m`` (same peer), or None when they must stay apart.
+
+    Contiguous appends of one term become one append (one follower step, one
+    fsync, one response); successive successful append responses of one term
+    collapse to the highest index. This is where per-proposal messages of the
+    core turn into one message per peer per batch.
+    """
+    if prev.term != m.term or prev.type != m.type:
+        return None
+    if m.type == MsgType.APP:
+        if prev.entries:
+            last = prev.entries[-1]
+            tail_index, tail_term = last.index, last.term
+        else:
+            tail_index, tail_term = prev.index, prev.log_term
+        if m.index != tail_index or m.log_term != tail_term:
+            return None
+        return Message(MsgType.APP, prev.frm, prev.to, prev.term, prev.log_term, prev.index,
+                       prev.entries + m.entries if m.entries else prev.entries, max(prev.commit, m.commit))
+    if m.type == MsgType.APP_RESP and not m.reject and not prev.reject and m.index >= prev.index:
+        return m
+    return None
+
+
 def _approx_size(m: Message) -> int:
     return 64 + sum(len(e.data) + 24 for e in m.entries)
 
@@ -139,10 +164,17 @@ class PeerLink:
             if self.snap_task is None or self.snap_task.done():
                 self.snap_task = asyncio.get_running_loop().create_task(self._send_snapshot(m))
             return
-        if len(self.queue) >= MAX_QUEUED:
-            self.t.on_unreachable(self.peer_id)
-            return
-        self.queue.append(m)
+        queue = self.queue
+        if queue:
+            merged = merge_messages(queue[-1], m)
+            if merged is not None:
+                queue[-1] = merged
+                self.wake.set()
+                return
+            if len(queue) >= MAX_QUEUED:
+                self.t.on_unreachable(self.peer_id)
+                return
+        queue.append(m)
         self.wake.set()
 
     async def _run(self) -> None:
