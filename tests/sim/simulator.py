@@ -175,6 +175,8 @@ class Simulator:
         self.nodes: dict[str, SimNode] = {}
         self.tick_period: dict[str, float] = {}
         self.cut: set[tuple[str, str]] = set()
+        self.isolated: set[str] = set()
+        self._faulty = False
         self.sent: dict[MsgType, int] = dict.fromkeys(MsgType, 0)
         self.leader_of_term: dict[int, str] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
@@ -210,7 +212,7 @@ class Simulator:
                 node = nodes.get(m.to)
                 if node is None or not node.alive or node.incarnation != b:
                     continue
-                if self.cut and (m.frm, m.to) in self.cut:
+                if self._faulty and self.link_down(m.frm, m.to):
                     continue
                 node.core.step(m)
                 self._after(node)
@@ -326,14 +328,14 @@ class Simulator:
     # ------------------------------------------------------------------ network
 
     def disconnect(self, nid: str) -> None:
-        for other in self.nodes:
-            if other != nid:
-                self.cut.add((nid, other))
-                self.cut.add((other, nid))
+        """Isolate ``nid`` from everyone until :meth:`connect` (the lab's disconnect)."""
+        self.isolated.add(nid)
+        self._faulty = True
         self._log(f"disconnect {nid}")
 
     def connect(self, nid: str) -> None:
-        self.cut = {(a, b) for a, b in self.cut if a != nid and b != nid}
+        self.isolated.discard(nid)
+        self._faulty = bool(self.cut or self.isolated)
         self._log(f"connect {nid}")
 
     def partition(self, *groups: Iterable[str]) -> None:
@@ -343,26 +345,32 @@ class Simulator:
             for n in members:
                 where[n] = g
         self.cut = {(a, b) for a in self.nodes for b in self.nodes if where.get(a, 0) != where.get(b, 0)}
+        self._faulty = bool(self.cut or self.isolated)
         self._log(f"partition {[sorted(g) for g in groups]}")
 
     def block(self, frm: str, to: str) -> None:
         """Asymmetric cut: ``frm`` can no longer reach ``to``."""
         self.cut.add((frm, to))
+        self._faulty = True
         self._log(f"block {frm}->{to}")
 
     def heal(self) -> None:
+        """Remove partitions and blocks (isolated nodes stay isolated until connected)."""
         self.cut = set()
+        self._faulty = bool(self.isolated)
         self._log("heal")
 
     def connected(self, nid: str) -> bool:
-        return not any(a == nid or b == nid for a, b in self.cut)
+        return nid not in self.isolated
+
+    def link_down(self, frm: str, to: str) -> bool:
+        return self._faulty and (frm in self.isolated or to in self.isolated or (frm, to) in self.cut)
 
     def _send(self, m: Message) -> None:
         self.sent[m.type] += 1
         net = self.net
         rng = self.rng
-        cut = self.cut and (m.frm, m.to) in self.cut
-        if cut or (net.drop and rng.random() < net.drop):
+        if self.link_down(m.frm, m.to) or (net.drop and rng.random() < net.drop):
             if m.type == _SNAP:
                 self._report_snapshot(m, False)
             return

@@ -197,6 +197,8 @@ class _Run:
         sim = self.sim
         sim.net = NetProfile.reliable()
         sim.heal()
+        for nid in sorted(sim.isolated):
+            sim.connect(nid)
         for n in sim.nodes.values():
             if not n.alive and not n.removed:
                 sim.restart(n.id)
