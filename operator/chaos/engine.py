@@ -638,8 +638,9 @@ class Engine:
             self._event("step", f"rollout stopped before step {k}: {'; '.join(problems)}")
             return None
         self.st.step = k
-        self._event("step", f"rollout step {k}: steady state held {self.spec.rollout.steps[k - 1].hold_seconds:g}s"
-                            f" (if any); widening to {', '.join(sorted(step.targets()))}", step=k)
+        hold = self.spec.rollout.steps[k - 1].hold_seconds if self.spec.rollout else 0.0
+        self._event("step", f"rollout step {k}: steady state held {hold:g}s; widening to "
+                            f"{', '.join(sorted(step.targets()))}", step=k)
         self._save()
         return step
 
