@@ -104,7 +104,7 @@ def register(registry: kopf.OperatorRegistry, kube: Kube, events: EventRecorder)
     chaos = ChaosController(kube, events, FINALIZER)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="faultlab.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -116,14 +116,14 @@ def register(registry: kopf.OperatorRegistry, kube: Kube, events: EventRecorder)
         settings.networking.request_timeout = 30
 
     @kopf.on.event(GROUP, VERSION, "raftclusters", registry=registry)
-    def raftcluster_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    async def raftcluster_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
         if type == "DELETED":
             workers.forget(namespace, name)
         else:
             workers.poke(namespace, name)
 
     @kopf.on.event("", "v1", "pods", labels={b.L_MANAGED_BY: b.MANAGED_BY}, registry=registry)
-    def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    async def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
         cluster = labels.get(b.L_CLUSTER)
         if cluster:
             workers.poke(namespace, cluster)
@@ -146,7 +146,7 @@ def register(registry: kopf.OperatorRegistry, kube: Kube, events: EventRecorder)
         await workers.stop()
 
     @kopf.on.probe(id="raftclusters", registry=registry)
-    def probe_workers(**_: Any) -> int:
+    async def probe_workers(**_: Any) -> int:
         return len(workers.tasks)
 
     return workers
