@@ -287,3 +287,21 @@ def test_network_policy_selects_node_pods_as_the_operator_labels_them() -> None:
     assert selector.items() <= labels.items(), f"node pods carry {labels}; the policy selects {selector}"
     ports = values()["networkPolicy"]["nodePorts"]
     assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}, "nodePorts must match reconcile/builders.py"
+
+
+def test_default_image_is_the_one_raft_clusters_default_to() -> None:
+    from faultlab.operator.api.raftcluster import DEFAULT_IMAGE
+
+    image = values()["image"]
+    chart_image = f"{image['repository']}:{image['tag'] or chart_meta()['appVersion']}"
+    assert chart_image == DEFAULT_IMAGE, "the operator and the node pods it makes must default to one image"
+
+
+def test_deployment_passes_only_flags_the_operator_command_has() -> None:
+    from faultlab.operator.reconcile.commands import run_cmd
+
+    known = {opt for param in run_cmd.params for opt in param.opts}
+    text = (CHART / "templates" / "deployment.yaml").read_text()
+    used = set(re.findall(r"^\s+- (--[a-z][a-z-]*)", text, re.M))
+    assert used, "deployment.yaml passes no flags?"
+    assert used <= known, f"`faultlab operator run` has no {sorted(used - known)} (it has {sorted(known)})"
