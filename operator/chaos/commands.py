@@ -159,8 +159,10 @@ def _state_dir_option(fn: Any) -> Any:
               help="also write the HTML report here")
 @click.option("--seed", type=int, default=None, help="seed for target selection (printed by every run)")
 @click.option("--dry-run", is_flag=True, help="resolve and print the targets, inject nothing")
+@click.option("--ttl-margin", type=float, default=10.0, show_default=True,
+              help="seconds added to each fault's remaining duration for the TTL its agent enforces")
 def run_cmd(file: Path, state_dir: Path, as_json: bool, html_path: Path | None, seed: int | None,
-            dry_run: bool) -> None:
+            dry_run: bool, ttl_margin: float) -> None:
     """Run the experiment in FILE against its local target cluster.
 
     Example: faultlab chaos run -f examples/chaos/leader-partition.yaml
@@ -174,7 +176,8 @@ def run_cmd(file: Path, state_dir: Path, as_json: bool, html_path: Path | None, 
     with ProgressView(exp.name) as progress:
         try:
             report = asyncio.run(run_experiment(exp, state_dir, seed=seed, paused=_paused_reader(file),
-                                                progress=progress))
+                                                progress=progress,
+                                                engine_options={"ttl_margin_s": ttl_margin}))
         except (RuntimeError_, ExperimentRejected) as exc:
             _fail(str(exc))
             return
