@@ -46,6 +46,9 @@ MAX_BATCH_BYTES = 8 << 20
 MAX_QUEUED = 20_000
 SEND_TIMEOUT = 2.0
 RECONNECT_AFTER = 1.0
+# A commit-only append (no entries) waits this long for company: it usually rides
+# with the next real append instead of costing an RPC (and a response) of its own.
+LAZY_DELAY = 0.005
 
 _ENVELOPE = struct.Struct("<I")
 
@@ -184,6 +187,9 @@ class PeerLink:
             self.wake.clear()
             if not self.queue:
                 continue
+            if all(m.type == MsgType.APP and not m.entries for m in self.queue):
+                await asyncio.sleep(LAZY_DELAY)
+                self.wake.clear()
             stub = self._ensure_channel()
             if stub is None:
                 dropped, self.queue = self.queue, []
