@@ -336,9 +336,9 @@ class RaftCore:
             self._send_append(target)
 
     def campaign(self) -> None:
-        """Start an election now (skips pre-vote)."""
+        """Start an election now, as a leadership transfer does (no pre-vote, leases ignored)."""
         if self.role != _LEADER and self._promotable():
-            self._campaign(pre=False, transfer=False)
+            self._campaign(pre=False, transfer=True)
 
     def has_ready(self) -> bool:
         if self._outstanding:
@@ -901,9 +901,13 @@ class RaftCore:
         prs = self.prs
         last = self.log.last_index()
         members = self.voters + self.learners
+        commit = self.log.committed
         for p in list(prs):
             if p not in members:
-                del prs[p]
+                pr = prs.pop(p)
+                if p != self.id:
+                    c = pr.match if pr.match < commit else commit
+                    self._send(Message(_HEARTBEAT, self.id, p, self.term, commit=c))
         for p in members:
             pr = prs.get(p)
             if pr is None:
