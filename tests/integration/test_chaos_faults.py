@@ -283,7 +283,7 @@ async def test_disk_full_fails_the_leaders_writes(runtime: LocalRuntime, tmp_pat
             except grpc.aio.AioRpcError as exc:
                 return exc.code().name
 
-    _, code, target = await run_with_probe(
+    _, code, _ = await run_with_probe(
         runtime, tmp_path, {"type": "diskFill", "params": {"enospc": True}, "target": {"role": "leader"}}, put_fails)
     assert code != "OK", "a write on a leader whose disk is full must not be acknowledged"
     lead = await leader(runtime)
