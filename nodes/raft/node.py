@@ -2,7 +2,8 @@
 
 One asyncio task (the loop) takes the core's Ready batches in order: persist
 (WAL + fsync in a thread, so the event loop keeps taking proposals, which land in
-the next Ready: group commit), send, apply to the state machine, answer the
+the next Ready: group commit), send (a leader's appends go out while it fsyncs;
+every acknowledgement, vote and response only after), apply to the state machine, answer the
 waiting proposals and reads, advance. A ticker task advances the core's logical
 clock from ``ctx.clock``. gRPC handlers call the core directly (everything runs
 on the one event loop) and wait on futures the loop resolves.
@@ -45,6 +46,7 @@ from faultlab.nodes.raft.messages import (
     ConfState,
     EntryType,
     Message,
+    MsgType,
     Ready,
     Role,
     Snapshot,
@@ -57,6 +59,10 @@ from faultlab.nodes.raft.transport import Transport, unwrap_snapshot_data, wrap_
 log = logging.getLogger("faultlab.raft.node")
 
 LEADER_METADATA = "faultlab-leader"
+# A leader may send its appends while it writes the same entries to its own disk
+# (Raft thesis, 10.2.1): they acknowledge nothing and grant nothing. The leader
+# answers a client only from a later Ready, after its own fsync of the entry.
+_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT})
 DEFAULT_MAX_VALUE = 1 << 20
 
 
@@ -299,15 +305,21 @@ class RaftNode:
         core = self.core
         assert core is not None and self.transport is not None
         hs = rd.hard_state
+        messages = rd.messages
         if rd.entries or rd.snapshot is not None or hs is not None:
             st = self.storage
             durable = (rd.entries or rd.snapshot is not None or
                        (hs is not None and (hs.term != st.hard_state.term or hs.vote != st.hard_state.vote)))
+            if durable and messages and rd.role == Role.LEADER and rd.snapshot is None:
+                early = [m for m in messages if m.type in _EARLY]
+                if early:
+                    messages = [m for m in messages if m.type not in _EARLY]
+                    self.transport.send(early)
             await self._persist(rd, bool(durable))
             if rd.entries:
                 self.metrics.ready_entries.observe(len(rd.entries))
-        if rd.messages:
-            self.transport.send(rd.messages)
+        if messages:
+            self.transport.send(messages)
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)
         if rd.committed_entries:

@@ -117,6 +117,8 @@ def merge_messages(prev: Message, m: Message) -> Message | None:
             tail_index, tail_term = prev.index, prev.log_term
         if m.index != tail_index or m.log_term != tail_term:
             return None
+        if m.entries and prev.entries and _approx_size(prev) + _approx_size(m) > MAX_BATCH_BYTES:
+            return None
         return Message(MsgType.APP, prev.frm, prev.to, prev.term, prev.log_term, prev.index,
                        prev.entries + m.entries if m.entries else prev.entries, max(prev.commit, m.commit))
     if m.type == MsgType.APP_RESP and not m.reject and not prev.reject and m.index >= prev.index:
