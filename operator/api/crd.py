@@ -9,7 +9,8 @@ validators, the status subresource, printer columns, short names and the
 
 Deliberate differences from the models: on Kubernetes `spec.replicas` of a
 RaftCluster is required (a default member count is fine for `faultlab up`, not for
-a resource that owns pods and volumes), and a ChaosExperiment's status also holds
+a resource that owns pods and volumes), lists in a spec are bounded (MAX_ITEMS) so
+CEL rules fit the API server's cost budget, and a ChaosExperiment's status also holds
 `journal`, the engine's resumable state, which only the operator reads.
 """
 
@@ -27,6 +28,9 @@ from faultlab.operator.api.raftcluster import RaftCluster
 
 JSON = dict[str, Any]
 CATEGORY = "faultlab"
+# Lists in a spec without a bound of their own get this one: CEL rules over list items are costed by the
+# longest list the API server could store, which for an unbounded list exceeds the rule budget.
+MAX_ITEMS = 64
 
 # Keys a structural schema may carry (apiextensions.k8s.io/v1 JSONSchemaProps we use).
 _ALLOWED = {
@@ -72,7 +76,8 @@ _QUORUM_LIST = ", ".join(f"'{t}'" for t in sorted(QUORUM_FAULTS))
 
 KINDS: dict[str, KindInfo] = {
     "RaftCluster": KindInfo(
-        model=RaftCluster, plural="raftclusters", singular="raftcluster", short_names=["rc"],
+        # `rc` as asked, but kubectl resolves it to the core ReplicationController first; `raft` always works.
+        model=RaftCluster, plural="raftclusters", singular="raftcluster", short_names=["raft", "rc"],
         columns=[
             _column("Replicas", ".spec.replicas", "integer", "Desired voting members."),
             _column("Ready", ".status.readyReplicas", "integer", "Members serving."),
@@ -171,8 +176,8 @@ def _factory_default(model: type[BaseModel], prop: str) -> tuple[bool, Any]:
         if prop not in (fname, finfo.alias) or finfo.default_factory is None:
             continue
         value = finfo.default_factory()  # type: ignore[call-arg]
-        if isinstance(value, BaseModel):
-            return True, {}  # nested defaults fill it in
+        if isinstance(value, BaseModel):  # written out whole: CEL rules validate defaults as they stand
+            return True, value.model_dump(mode="json", by_alias=True, exclude_none=True)
         if value in ([], {}):
             return False, None
         if isinstance(value, list | dict):
@@ -251,6 +256,17 @@ def _at(schema: JSON, dotted: str) -> JSON:
     return node
 
 
+def _bound_lists(node: JSON) -> None:
+    if node.get("type") == "array":
+        node.setdefault("maxItems", MAX_ITEMS)
+    for sub in node.get("properties", {}).values():
+        _bound_lists(sub)
+    if isinstance(node.get("items"), dict):
+        _bound_lists(node["items"])
+    if isinstance(node.get("additionalProperties"), dict):
+        _bound_lists(node["additionalProperties"])
+
+
 def _conditions_as_map(node: JSON) -> None:
     node["x-kubernetes-list-type"] = "map"
     node["x-kubernetes-list-map-keys"] = ["type"]
@@ -266,6 +282,7 @@ def openapi_schema(info: KindInfo) -> JSON:
                         if isinstance(a, type) and issubclass(a, BaseModel))
     spec = conv.convert(root["properties"]["spec"], defaults=True)
     spec.pop("default", None)
+    _bound_lists(spec)
     status = conv.convert({"$ref": f"#/$defs/{status_model.__name__}"}, defaults=False)
     status["description"] = root["properties"]["status"].get("description", status.get("description", ""))
     assert isinstance(spec_model, type)

@@ -50,7 +50,7 @@ def test_descriptions_defaults_and_required() -> None:
     spec = schema["properties"]["spec"]
     assert schema["required"] == ["spec"]
     assert spec["required"] == ["replicas"] and "default" not in spec["properties"]["replicas"]
-    assert spec["properties"]["timings"]["default"] == {}
+    assert spec["properties"]["timings"]["default"] == {"tickMs": 20, "electionTicks": 10, "heartbeatTicks": 1}
     assert spec["properties"]["timings"]["properties"]["tickMs"]["default"] == 20
     for where, node in walk(spec):
         if where and not where.endswith(("{}", "[]")):
@@ -65,7 +65,7 @@ def test_descriptions_defaults_and_required() -> None:
 
 def test_names_columns_subresources() -> None:
     rc = crd("RaftCluster")["spec"]
-    assert rc["names"]["shortNames"] == ["rc"] and rc["names"]["categories"] == ["faultlab"]
+    assert rc["names"]["shortNames"] == ["raft", "rc"] and rc["names"]["categories"] == ["faultlab"]
     version = rc["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == \
