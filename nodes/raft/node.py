@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,6 +284,18 @@ class RaftNode:
             self._wake.set()
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # Fail-stop: a member whose loop broke must not keep answering as if it worked.
+            log.critical("raft loop of %s failed; exiting", self.id, exc_info=True)
+            print(f"faultlab-node raft {self.id}: internal error in the raft loop; exiting (see log)",
+                  file=sys.stderr, flush=True)
+            os._exit(70)
+
+    async def _loop(self) -> None:
         core = self.core
         assert core is not None
         while True:
@@ -706,12 +718,6 @@ class RaftNode:
             return self.storage.latest_snapshot()
         return snap
 
-    def serializable_read_index(self) -> int:
-        return self.applied
-
-    def max_timeout(self) -> float:
-        return math.inf
-
 
 # ---------------------------------------------------------------- serve
 
@@ -726,6 +732,9 @@ async def serve(ctx: NodeContext, sm: StateMachine | None = None) -> None:
         node.open()
     except CorruptionError as exc:
         print(f"faultlab-node raft {ctx.node_id}: refusing to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except ValueError as exc:
+        print(f"faultlab-node raft {ctx.node_id}: bad configuration: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     agent = None
     try:
