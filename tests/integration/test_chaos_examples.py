@@ -1,6 +1,6 @@
 """Every example in examples/chaos runs green against a 3-node local cluster.
 
-The default run shortens each example (4 s of faults, 1 s rollout holds) to keep the tier
+The default run shortens each example (3 s of faults, 1 s rollout holds) to keep the tier
 fast; with ``FAULTLAB_CHAOS_FULL_EXAMPLES=1`` they also run exactly as written, as
 ``faultlab chaos run -f ...`` would (about 15 s each; defined only then, so nothing skips).
 """
@@ -47,7 +47,7 @@ def demo_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRunt
     asyncio.run(rt.down(cluster.name))
 
 
-def shortened(exp: ChaosExperiment, seconds: float = 4.0) -> ChaosExperiment:
+def shortened(exp: ChaosExperiment, seconds: float = 3.0) -> ChaosExperiment:
     doc = exp.to_dict()
     spec = doc["spec"]
     scale = seconds / spec["durationSeconds"]
@@ -68,7 +68,7 @@ def shortened(exp: ChaosExperiment, seconds: float = 4.0) -> ChaosExperiment:
 async def run_example(rt: LocalRuntime, exp: ChaosExperiment, out: Path) -> dict[str, object]:
     await rt.wait_for_leader("demo", 20)
     engine = Engine(exp, rt, FileStateStore(out / "journal.json"),
-                    EngineOptions(out_dir=out, after_s=1.0, warmup_s=1.0, seed=1))
+                    EngineOptions(out_dir=out, after_s=0.5, warmup_s=0.5, seed=1))
     return await engine.run()
 
 

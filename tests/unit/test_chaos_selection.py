@@ -49,7 +49,7 @@ def selections(draw: st.DrawFn) -> dict[str, object]:
     return {"role": draw(st.sampled_from(["leader", "follower", "any"])), "mode": mode, "value": value}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cluster=clusters(), sel=selections(), seed=st.integers(0, 2**32))
 def test_selection_respects_role_and_count(cluster: list[Candidate], sel: dict[str, object], seed: int) -> None:
     role, mode, value = str(sel["role"]), str(sel["mode"]), sel["value"]
@@ -68,7 +68,7 @@ def test_selection_respects_role_and_count(cluster: list[Candidate], sel: dict[s
     assert [c.id for c in again] == ids, "a seed must replay the same selection"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(cluster=clusters(), sels=st.lists(selections(), min_size=1, max_size=3),
        types=st.lists(st.sampled_from(FAULTS), min_size=3, max_size=3),
        max_targets=st.one_of(st.none(), st.integers(1, 9)), max_percent=st.one_of(st.none(), st.integers(1, 100)),
@@ -128,7 +128,7 @@ def _doc(faults: list[dict[str, object]], **spec: object) -> dict[str, object]:
                      **spec}}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(n=st.integers(1, 9), sel=selections(), ftype=st.sampled_from(FAULTS), allow=st.booleans(),
        max_targets=st.one_of(st.none(), st.integers(1, 9)), steps=st.lists(st.integers(1, 9), max_size=3),
        seed=st.integers(0, 2**31))
