@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -104,9 +105,10 @@ async def _run(namespaces: list[str], clusterwide: bool, standalone: bool, kubec
     register(registry, kube, EventRecorder(kube))
 
     @kopf.on.login(registry=registry)
-    def login(**_: object) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_kubeconfig() if kubeconfig or os.environ.get("KUBECONFIG") else \
-            kopf.login_with_service_account()
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if kubeconfig or os.environ.get("KUBECONFIG"):
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs)
 
     keeper = None
     if elector is not None:
