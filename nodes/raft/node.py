@@ -240,7 +240,6 @@ class RaftNode:
         if self.transport is not None:
             await self.transport.close()
         self._fail_all(Unavailable(f"member {self.id} is shutting down"))
-        self.storage.close()
 
     # ------------------------------------------------------------------ callbacks from transport / peers
 
