@@ -8,7 +8,9 @@ Progress goes to stderr; reports (or JSON with ``--json``) to stdout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -132,7 +134,17 @@ async def run_experiment(exp: Any, state_dir: Path, *, seed: int | None = None, 
         err.print(f"[yellow]experiment {exp.name}: run {previous.run_id} was interrupted in phase "
                   f"{previous.phase.value}; finishing its rollback first[/]")
         await Engine.resume(store, runtime, opts)
-    return await Engine(exp, runtime, store, opts).run()
+    # SIGTERM (Ctrl-C too) cancels the run; the engine rolls back before it exits.
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await Engine(exp, runtime, store, opts).run()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _exit_code(report: dict[str, Any]) -> int:
@@ -181,6 +193,10 @@ def run_cmd(file: Path, state_dir: Path, as_json: bool, html_path: Path | None, 
         except (RuntimeError_, ExperimentRejected) as exc:
             _fail(str(exc))
             return
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            err.print(f"[yellow]experiment {exp.name} interrupted: its faults were rolled back "
+                      f"(journal: {experiment_dir(state_dir, exp.name) / 'journal.json'})[/]")
+            raise SystemExit(130) from None
     _emit(report, as_json, html_path)
     raise SystemExit(_exit_code(report))
 

@@ -1023,11 +1023,18 @@ class Engine:
     # ------------------------------------------------------------------ teardown and report
 
     async def _emergency_rollback(self) -> None:
-        if self.state is None or not self.st.outstanding():
+        """Interrupted (signal, cancellation, bug): roll back, then close the journal as interrupted."""
+        if self.state is None or self.st.terminal:
             return
         with contextlib.suppress(Exception):
-            self._event("error", "engine failing: rolling back before exit")
-            await self._rollback()
+            if self.st.outstanding():
+                self._event("error", "engine interrupted: rolling back before exit")
+                await self._rollback()
+            self.st.interrupted = True
+            self.st.message = "interrupted before the end (signal, cancellation or error); faults rolled back"
+            self._phase(Phase.ABORTED, self.st.message)
+            await self._shutdown()
+            self._finish()
 
     async def _stop_observers(self) -> None:
         self._stopping = True

@@ -53,7 +53,7 @@ def shortened(exp: ChaosExperiment, seconds: float = 3.0) -> ChaosExperiment:
     scale = seconds / spec["durationSeconds"]
     spec["durationSeconds"] = seconds
     for f in spec["faults"]:
-        f["durationSeconds"] = max(0.5, f["durationSeconds"] * scale)
+        f["durationSeconds"] = f["durationSeconds"] * scale
         if f.get("startAfterSeconds"):
             f["startAfterSeconds"] = f["startAfterSeconds"] * scale
     if spec.get("rollout"):
