@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--value-bytes", type=int, default=100)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--out", help="write the JSON here instead of stdout")
     a = p.parse_args()
     uv = False
     if a.uvloop:
@@ -122,7 +123,10 @@ def main() -> None:
         uv = True
     out = asyncio.run(run(a.system, a.targets.split(","), a.clients, a.duration, a.warmup, a.value_bytes,
                           a.offset, uv))
-    print(json.dumps(out))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out))
+    else:
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":

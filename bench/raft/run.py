@@ -18,7 +18,10 @@ system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
 
 ``--profile`` samples faultlab's leader with py-spy during the largest run and
 prints where its time goes. Usage: ``python bench/raft/run.py [--duration 10]
-[--clients 1,16,64] [--systems faultlab,pysyncobj,etcd] [--profile]``.
+[--clients 1,16,64] [--systems faultlab,pysyncobj,etcd,grpc-floor] [--profile]``.
+
+- grpc-floor: a no-op grpc.aio Put server driven by the same generators: the
+  ceiling the Python gRPC stack itself sets on this machine (no consensus, no disk).
 """
 
 from __future__ import annotations
@@ -152,6 +155,37 @@ class FaultlabCluster(Cluster):
         self.p.stop()
 
 
+class GrpcFloor(Cluster):
+    """One process answering Put at once: what the Python gRPC stack alone allows here."""
+
+    name = "grpc-floor"
+    fsync = False
+    note = "no-op grpc.aio Put server, 1 process: the ceiling of Python gRPC on this machine"
+
+    def __init__(self, uvloop: bool) -> None:
+        self.p = Procs()
+        self.address = ""
+        self.uvloop = uvloop
+
+    def start(self, workdir: Path) -> None:
+        self.address = free_address()
+        self.p.spawn([sys.executable, str(HERE / "echo_server.py"), self.address,
+                      *(["--uvloop"] if self.uvloop else [])], workdir / "echo.log")
+        asyncio.run(self._wait())
+
+    async def _wait(self) -> None:
+        from faultlab.nodes.raft.client import RaftClient
+
+        async with RaftClient([self.address], timeout=30) as c:
+            await c.put("warm", "up")
+
+    def targets(self) -> list[str]:
+        return [self.address]
+
+    def stop(self) -> None:
+        self.p.stop()
+
+
 def find_etcd() -> Path | None:
     base = Path.home() / ".cache" / "faultlab" / "k8s"
     found = sorted(base.glob("*/bin/etcd"))
@@ -270,16 +304,22 @@ def generator_load(system: str, targets: list[str], clients: int, duration: floa
     share = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     running = []
     offset = 0
-    for n in share:
+    tmp = Path(tempfile.mkdtemp(prefix="loadgen-"))
+    for i, n in enumerate(share):
         cmd = [sys.executable, str(HERE / "loadgen.py"), "--system", system, "--targets", ",".join(targets),
                "--clients", str(n), "--duration", str(duration), "--warmup", str(warmup),
-               "--value-bytes", str(value_bytes), "--offset", str(offset), *GENERATOR_FLAGS]
+               "--value-bytes", str(value_bytes), "--offset", str(offset), "--out", str(tmp / f"{i}.json"),
+               *GENERATOR_FLAGS]
         offset += n
-        running.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT))
+        running.append(subprocess.Popen(cmd, cwd=ROOT))
     parts = []
-    for p in running:
-        out, _ = p.communicate(timeout=duration + warmup + 120)
-        parts.append(json.loads(out.decode().strip().splitlines()[-1]))
+    for i, p in enumerate(running):
+        code = p.wait(timeout=duration + warmup + 120)
+        out = tmp / f"{i}.json"
+        if not out.exists():
+            raise RuntimeError(f"load generator {i} for {system} exited {code} without a result")
+        parts.append(json.loads(out.read_text()))
+    shutil.rmtree(tmp, ignore_errors=True)
     result = summarize(parts, duration)
     result["generator_processes"] = procs
     return result
@@ -363,7 +403,8 @@ def run_system(cluster: Cluster, clients_list: list[int], duration: float, warmu
                             holder["p"] = profile(pid, min(duration, 8), workdir / "leader-profile.txt")
                         profiler = threading.Thread(target=spy)
                         profiler.start()
-                r = generator_load(cluster.name, cluster.targets(), clients, duration, warmup, value_bytes)
+                system = "faultlab" if cluster.name == "grpc-floor" else cluster.name
+                r = generator_load(system, cluster.targets(), clients, duration, warmup, value_bytes)
                 if profiler is not None:
                     profiler.join()
                     prof = holder.get("p")
@@ -401,7 +442,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--value-bytes", type=int, default=100)
-    ap.add_argument("--systems", default="faultlab,pysyncobj,etcd")
+    ap.add_argument("--systems", default="faultlab,pysyncobj,etcd,grpc-floor")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--uvloop", choices=("auto", "on", "off"), default="auto",
                     help="run faultlab nodes (and the generators) on uvloop when installed (auto)")
@@ -423,6 +464,8 @@ def main() -> None:
         cluster: Cluster
         if name == "faultlab":
             cluster = FaultlabCluster(uv)
+        elif name == "grpc-floor":
+            cluster = GrpcFloor(uv)
         elif name == "pysyncobj":
             try:
                 import pysyncobj  # type: ignore[import-not-found]  # noqa: F401
@@ -448,7 +491,7 @@ def main() -> None:
                                                  Path(tmp), a.profile)
     ratios: dict[str, dict[str, float]] = {}
     fl = report["systems"].get("faultlab", {}).get("runs", {})
-    for peer in ("pysyncobj", "etcd"):
+    for peer in ("pysyncobj", "etcd", "grpc-floor"):
         runs = report["systems"].get(peer, {}).get("runs", {})
         for c, r in fl.items():
             if c in runs and runs[c]["throughput"]:
