@@ -1,0 +1,139 @@
+"""ChaosExperiments through the operator: a leader partition with a checked verdict, and an operator
+killed mid-experiment that resumes, rolls back and completes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+
+from faultlab.nodes.agent.client import AgentClient
+from faultlab.operator.reconcile import builders as b
+from faultlab.operator.reconcile.kube import Kube, path
+from tests.e2e.conftest import E2E_NS
+from tests.e2e.harness import OperatorProcess, PodAccess, wait_for
+from tests.e2e.test_raftcluster import NAME, Cluster, raft_cluster
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def experiment(name: str, *, duration: float, fault_seconds: float) -> dict[str, Any]:
+    return {
+        "apiVersion": "faultlab.dev/v1alpha1", "kind": "ChaosExperiment",
+        "metadata": {"name": name, "namespace": E2E_NS},
+        "spec": {
+            "target": {"kind": "RaftCluster", "name": NAME},
+            "steadyState": {"probes": [
+                {"name": "leader", "type": "leaderExists", "everySeconds": 0.25},
+                {"name": "errors", "type": "workloadErrorRate", "tolerance": {"max": 0.5}, "everySeconds": 0.25},
+            ]},
+            "faults": [{"name": "cut-leader", "type": "partition", "target": {"role": "leader", "mode": "one"},
+                        "durationSeconds": fault_seconds}],
+            "blastRadius": {"maxTargets": 1},
+            "workload": {"clients": 3, "keys": 8, "rateLimit": 60},
+            "checks": ["linearizable", "noLostWrites"],
+            "durationSeconds": duration,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(admin: Kube, operator: OperatorProcess, pods: PodAccess) -> Cluster:
+    c = Cluster(admin, pods, operator)
+    if admin.get(path("RaftCluster", E2E_NS, NAME)) is None:
+        admin.create(raft_cluster(3))
+    c.wait_ready(3, timeout=120)
+    return c
+
+
+def chaos_status(admin: Kube, name: str) -> dict[str, Any]:
+    obj = admin.get(path("ChaosExperiment", E2E_NS, name)) or {}
+    return obj.get("status") or {}
+
+
+def describe(admin: Kube, name: str, operator: OperatorProcess) -> str:
+    st = chaos_status(admin, name)
+    slim = {k: st.get(k) for k in ("phase", "verdict", "message", "mttrSeconds", "availability")}
+    timeline = [e.get("message") for e in st.get("timeline", [])[-12:]]
+    return f"status: {slim}\ntimeline: {timeline}\noperator log:\n{operator.logs(40)}"
+
+
+def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
+    secret = admin.get(path("Secret", E2E_NS, b.secret_name(NAME)))
+    assert secret is not None
+    token = base64.b64decode(secret["data"]["token"]).decode()
+
+    async def run() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for member, address in cluster.addresses().items():
+            client = AgentClient(address, token, timeout=3.0)
+            try:
+                listing = await client.list()
+                out[member] = [f.fault.id for f in listing.faults]
+            finally:
+                await client.close()
+        return out
+
+    return asyncio.run(run())
+
+
+def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, admin: Kube,
+                                                          operator: OperatorProcess) -> None:
+    name = "leader-partition"
+    admin.create(experiment(name, duration=6, fault_seconds=3))
+    st = wait_for(lambda: (s := chaos_status(admin, name)).get("phase") in ("Completed", "Aborted", "Failed")
+                  and s.get("checks") and s, timeout=150, what="the experiment to finish",
+                  describe=lambda: describe(admin, name, operator))
+    assert st["phase"] == "Completed", describe(admin, name, operator)
+    assert st["verdict"] == "Passed", describe(admin, name, operator)
+    checks = {c["name"]: c["result"] for c in st["checks"]}
+    assert checks == {"linearizable": "Passed", "noLostWrites": "Passed"}, st["checks"]
+    assert st.get("mttrSeconds") is not None and st["mttrSeconds"] >= 0
+    assert 0 < st.get("availability", 0) <= 1
+    injected = st["injectedFaults"]
+    assert injected and all(f.get("recoveredAt") for f in injected)
+    obj = admin.get(path("ChaosExperiment", E2E_NS, name))
+    assert obj is not None and "faultlab.dev/finalizer" in obj["metadata"].get("finalizers", [])
+    reasons = {e["reason"] for e in admin.list(path("Event", E2E_NS), fields=f"involvedObject.name={name}")}
+    assert {"Injecting", "RollingBack", "Completed"} <= reasons, reasons
+    assert not any(active_faults(admin, cluster).values())
+    cluster.wait_ready(3, timeout=60, what="the cluster to settle after the experiment")
+
+
+def test_operator_killed_mid_experiment_resumes_and_rolls_back(cluster: Cluster, admin: Kube,
+                                                              operator: OperatorProcess) -> None:
+    name = "interrupted"
+    admin.create(experiment(name, duration=30, fault_seconds=30))
+
+    def injected() -> bool:
+        st = chaos_status(admin, name)
+        return st.get("phase") in ("Injecting", "Observing") and any(
+            f.get("injectedAt") for f in st.get("injectedFaults", []))
+
+    wait_for(injected, timeout=90, what="the first injection", describe=lambda: describe(admin, name, operator))
+    assert any(active_faults(admin, cluster).values()), "a fault should be in effect"
+    operator.kill()
+    operator.start()
+    st = wait_for(lambda: (s := chaos_status(admin, name)).get("phase") == "Completed" and s.get("verdict") and s,
+                  timeout=120, what="the resumed experiment to complete",
+                  describe=lambda: describe(admin, name, operator))
+    assert st["verdict"] == "Inconclusive"  # an interrupted history proves nothing either way
+    assert all(f.get("recoveredAt") for f in st["injectedFaults"]), st["injectedFaults"]
+    assert not any(active_faults(admin, cluster).values()), "no fault may remain after the resume"
+    reasons = {e["reason"] for e in admin.list(path("Event", E2E_NS), fields=f"involvedObject.name={name}")}
+    assert "Resuming" in reasons
+    cluster.wait_ready(3, timeout=60)
+
+
+def test_deleting_a_running_experiment_rolls_back_first(cluster: Cluster, admin: Kube,
+                                                       operator: OperatorProcess) -> None:
+    name = "deleted-midway"
+    admin.create(experiment(name, duration=30, fault_seconds=30))
+    wait_for(lambda: any(f.get("injectedAt") for f in chaos_status(admin, name).get("injectedFaults", [])),
+             timeout=90, what="the first injection", describe=lambda: describe(admin, name, operator))
+    admin.delete(path("ChaosExperiment", E2E_NS, name))
+    wait_for(lambda: admin.get(path("ChaosExperiment", E2E_NS, name)) is None, timeout=60,
+             what="the experiment to be rolled back and deleted", describe=lambda: describe(admin, name, operator))
+    assert not any(active_faults(admin, cluster).values())
