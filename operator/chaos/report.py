@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from faultlab.operator.chaos.history import History
     from faultlab.operator.chaos.workload import Sample
 
-__all__ = ["build_report", "compute_mttr", "load_report", "render_html", "render_terminal", "save"]
+__all__ = ["build_report", "compute_mttr", "load_report", "render_html", "render_terminal", "save", "to_status"]
 
 SETTLE_S = 1.0
 
@@ -329,3 +329,41 @@ faults</td></tr>
 <table><tr><th>t</th><th>event</th><th>what</th></tr>{timeline}</table>
 </body></html>
 """
+
+
+def to_status(report: dict[str, Any]) -> Any:
+    """The report as a ChaosExperiment `status` (what the Kubernetes runtime writes back)."""
+    from datetime import UTC, datetime
+
+    from faultlab.operator.api.chaos import ChaosExperimentStatus
+
+    def ts(v: float | None) -> datetime | None:
+        return None if v is None else datetime.fromtimestamp(v, UTC)
+
+    m = report.get("metrics", {})
+    lat = m.get("latency", {})
+    name_of = {f["id"]: f["name"] for f in report.get("faults", [])}
+    return ChaosExperimentStatus.model_validate({
+        "phase": report.get("phase", "Pending"),
+        "verdict": report.get("verdict"),
+        "message": report.get("message", ""),
+        "startedAt": ts(report.get("started_at")),
+        "finishedAt": ts(report.get("finished_at")),
+        "availability": (m.get("availability") or {}).get("overall"),
+        "errorRate": (m.get("error_rate") or {}).get("overall"),
+        "mttrSeconds": m.get("mttr_s"),
+        "timeToDetectSeconds": m.get("time_to_detect_s"),
+        "latency": {k: {"p50Ms": lat.get(k, {}).get("p50_ms"), "p99Ms": lat.get(k, {}).get("p99_ms")}
+                    for k in ("before", "during", "after")},
+        "checks": [{"name": c["name"], "result": c["result"], "message": str(c.get("message", ""))[:2000],
+                    "operations": c.get("operations"), "durationSeconds": c.get("duration_seconds")}
+                   for c in report.get("checks", [])],
+        "injectedFaults": [{"fault": f["name"], "faultId": f["id"], "type": f["type"], "member": f["member"],
+                            "agentStartedAt": f.get("agent_started_at"), "injectedAt": ts(f.get("injected_at")),
+                            "recoveredAt": ts(f.get("recovered_at")), "detail": f.get("detail", "")}
+                           for f in report.get("faults", [])],
+        "timeline": [{"time": ts(e["at"]), "type": e["kind"], "message": e["message"],
+                      "member": (e.get("data") or {}).get("member"),
+                      "fault": name_of.get((e.get("data") or {}).get("fault", ""))}
+                     for e in report.get("timeline", [])],
+    })

@@ -83,3 +83,12 @@ def test_terminal_rendering() -> None:
     render_terminal(_report(), Console(file=buf, width=120))
     text = buf.getvalue()
     assert "Passed" in text and "MTTR" in text and "linearizable" in text
+
+
+def test_report_maps_onto_the_resource_status() -> None:
+    from faultlab.operator.chaos.report import to_status
+
+    status = to_status(_report())
+    assert status.verdict == "Passed" and status.phase == "Completed"
+    assert status.mttr_seconds == 1.5 and status.latency.before.p50_ms == 10.0
+    assert status.injected_faults[0].member == "n1" and status.checks[0].result == "Passed"
