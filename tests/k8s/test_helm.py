@@ -97,6 +97,21 @@ def test_values_violating_the_schema_are_rejected(helm: Path, tmp_path: Path, va
         assert expected in output, f"helm {command[0]} does not name {expected!r}:\n{output}"
 
 
+@pytest.mark.parametrize("watch", [[], ["team-a", "team-b"]])
+def test_notes_tell_what_to_apply_next(helm: Path, watch: list[str]) -> None:
+    values = ["--set", f"watchNamespaces={{{','.join(watch)}}}"] if watch else []
+    out = run_helm("install", "faultlab", str(CHART), "--namespace", "faultlab-system", "--dry-run=client",
+                   *values).stdout
+    notes = out.split("NOTES:", 1)[1]
+    namespace_flag = " -n team-a" if watch else ""
+    assert "rollout status deployment/faultlab-operator" in notes
+    assert f"kubectl apply{namespace_flag} -f examples/raft-cluster.yaml" in notes
+    assert f"kubectl apply{namespace_flag} -f examples/chaos/leader-kill.yaml" in notes
+    assert "kubectl delete crd raftclusters.faultlab.dev chaosexperiments.faultlab.dev" in notes
+    for example in ("examples/raft-cluster.yaml", "examples/chaos/leader-kill.yaml"):
+        assert (CHART.parents[1] / example).is_file(), f"NOTES.txt points at {example}, which does not exist"
+
+
 def test_service_monitor_needs_metrics(helm: Path) -> None:
     with pytest.raises(HelmError, match=r"serviceMonitor\.enabled needs metrics\.enabled"):
         template({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
