@@ -270,11 +270,11 @@ def member_pod(rc: RaftCluster, owner: Owner, member_id: str, peers: list[str], 
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "FAULTLAB_ID", "value": member_id},
-        {"name": "FAULTLAB_LISTEN", "value": f"$(POD_IP):{GRPC_PORT}"},
+        {"name": "FAULTLAB_LISTEN", "value": f"0.0.0.0:{GRPC_PORT}"},
         {"name": "FAULTLAB_ADVERTISE", "value": member_address(owner.name, owner.namespace, member_id)},
         {"name": "FAULTLAB_PEERS", "value": peers_value(owner.name, owner.namespace, peers)},
         {"name": "FAULTLAB_DATA_DIR", "value": DATA_DIR},
-        {"name": "FAULTLAB_METRICS_LISTEN", "value": f"$(POD_IP):{METRICS_PORT}"},
+        {"name": "FAULTLAB_METRICS_LISTEN", "value": f"0.0.0.0:{METRICS_PORT}"},
     ]
     if rc.spec.agent.enabled:
         env.append({"name": "FAULTLAB_AGENT_TOKEN",

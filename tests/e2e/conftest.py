@@ -1,22 +1,30 @@
 """e2e: RaftCluster and ChaosExperiment through the operator, on a real kube-apiserver.
 
-In `make test` the cluster is the control-plane fixture and pods run on the test
-kubelet (tests/support/kubelet.py). The operator always runs as its
-ServiceAccount (deploy/rbac), from a TokenRequest kubeconfig.
+In `make test` the cluster is the control-plane fixture, pods run on the test
+kubelet (tests/support/kubelet.py) and are reached at their loopback IPs, and the
+operator runs as a local process under its ServiceAccount (deploy/rbac, a
+TokenRequest kubeconfig) — never as admin.
+
+On an existing cluster (FAULTLAB_K8S_EXISTING=<kubeconfig>, e.g. kind) pods are
+reached through `kubectl port-forward`; with FAULTLAB_E2E_OPERATOR=installed the
+tests use the operator the cluster already runs (the Helm chart's Deployment in
+FAULTLAB_E2E_OPERATOR_NAMESPACE, named FAULTLAB_E2E_OPERATOR_DEPLOYMENT).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from faultlab.operator.reconcile.kube import Kube
 from tests.e2e.harness import (
+    InstalledOperator,
     OperatorProcess,
     PodAccess,
     delete_namespace,
+    ensure_namespace,
     install_crds,
     install_rbac,
     service_account_kubeconfig,
@@ -39,7 +47,8 @@ def admin(control_plane: ControlPlane) -> Iterator[Kube]:  # noqa: F811
 
 @pytest.fixture(scope="session")
 def crds(admin: Kube) -> None:
-    install_crds(admin)
+    if os.environ.get("FAULTLAB_E2E_OPERATOR") != "installed":  # the chart installed its own
+        install_crds(admin)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +72,15 @@ def pods(admin: Kube, kubelet: TestKubelet | None, control_plane: ControlPlane) 
 
 @pytest.fixture(scope="session")
 def operator(admin: Kube, crds: None, kubelet: TestKubelet | None, control_plane: ControlPlane,  # noqa: F811
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+             pods: PodAccess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    if os.environ.get("FAULTLAB_E2E_OPERATOR") == "installed":
+        ensure_namespace(admin, E2E_NS)
+        installed = InstalledOperator(admin, pods, os.environ.get("FAULTLAB_E2E_OPERATOR_NAMESPACE", "faultlab-system"),
+                                      os.environ.get("FAULTLAB_E2E_OPERATOR_DEPLOYMENT", "faultlab-operator"),
+                                      control_plane.kubectl_path, control_plane.admin_kubeconfig)
+        installed.wait_healthy()
+        yield installed  # type: ignore[misc]
+        return
     install_rbac(admin, OPERATOR_NS, [E2E_NS])
     work = tmp_path_factory.mktemp("operator")
     config = service_account_kubeconfig(admin, control_plane.admin_kubeconfig, OPERATOR_NS,
@@ -77,6 +94,3 @@ def operator(admin: Kube, crds: None, kubelet: TestKubelet | None, control_plane
         delete_namespace(admin, E2E_NS)
 
 
-@pytest.fixture(scope="session")
-def operator_log(operator: OperatorProcess) -> Path:
-    return operator.log_path

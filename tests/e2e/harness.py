@@ -285,3 +285,62 @@ class PodAccess:
 def delete_namespace(kube: Kube, name: str) -> None:
     with contextlib.suppress(ApiError):
         kube.delete(path("Namespace", name=name))
+
+
+class InstalledOperator:
+    """The operator a real cluster already runs (the Helm chart's Deployment), behind OperatorProcess's interface.
+
+    `kill()` deletes its pods with grace 0 (a crash: no Lease release); the Deployment brings a new one.
+    """
+
+    def __init__(self, kube: Kube, pods: PodAccess, namespace: str, deployment: str, kubectl: Path,
+                 kubeconfig: Path) -> None:
+        self.kube = kube
+        self.pods = pods
+        self.namespace = namespace
+        self.deployment = deployment
+        self.kubectl = kubectl
+        self.kubeconfig = kubeconfig
+
+    def _selector(self) -> str:
+        dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.deployment}")
+        if dep is None:
+            raise AssertionError(f"no operator Deployment {self.namespace}/{self.deployment}: install the chart "
+                                 f"first (FAULTLAB_E2E_OPERATOR=installed)")
+        labels = dep["spec"]["selector"]["matchLabels"]
+        return ",".join(f"{k}={v}" for k, v in labels.items())
+
+    def _pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.kube.list(path("Pod", self.namespace), labels=self._selector())
+                if not p["metadata"].get("deletionTimestamp")]
+
+    def start(self) -> InstalledOperator:
+        return self
+
+    def healthy(self) -> bool:
+        return any(any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get(
+            "conditions", [])) for p in self._pods())
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        wait_for(self.healthy, timeout=timeout, what="the installed operator to be Ready", describe=self.logs)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        pod = self._pods()[0]["metadata"]["name"]
+        address = self.pods.address(self.namespace, pod, 9090)
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def kill(self) -> None:
+        for pod in self._pods():
+            self.kube.delete(path("Pod", self.namespace, pod["metadata"]["name"]), grace_seconds=0)
+
+    def stop(self) -> None:
+        return None  # it belongs to the cluster
+
+    def logs(self, tail: int = 60) -> str:
+        out = subprocess.run([str(self.kubectl), f"--kubeconfig={self.kubeconfig}", "-n", self.namespace, "logs",
+                              f"deployment/{self.deployment}", f"--tail={tail}"], capture_output=True, text=True,
+                             timeout=30, check=False)
+        return out.stdout + out.stderr

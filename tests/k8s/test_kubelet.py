@@ -78,6 +78,7 @@ def test_pod_runs_with_env_volumes_probe_hosts_and_is_deleted(kube: Kube, kubele
            {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
            {"name": "MY_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
            {"name": "MY_LISTEN", "value": "$(POD_IP):8000"},
+           {"name": "MY_WILDCARD", "value": "0.0.0.0:9000"},
            {"name": "DATA", "value": "/data"}]
     spec = pod("web", ["python"], ["-c", SERVER, "$(POD_IP)"], hostname="web", subdomain="svc",
                container={"env": env, "envFrom": [{"configMapRef": {"name": "c"}}],
@@ -91,6 +92,7 @@ def test_pod_runs_with_env_volumes_probe_hosts_and_is_deleted(kube: Kube, kubele
     assert obj is not None and obj["spec"]["nodeName"] == "kubelet-test-node"
     logs = wait_for(lambda: "ENV" in (text := kubelet.logs(NS, "web")) and text, timeout=10, what="env printed")
     assert "'MY_NAME': 'web'" in logs and "'MY_TOKEN': 's3cret'" in logs and f"'MY_LISTEN': '{ip}:8000'" in logs
+    assert f"'MY_WILDCARD': '{ip}:9000'" in logs
     assert "'FAULTLAB_TICK_MS': '7'" in logs and "'FAULTLAB_HOSTS_FILE'" in logs
     hosts = kubelet.hosts_file.read_text()
     assert f"{ip} web.svc.{NS}.svc.cluster.local web.svc.{NS}.svc" in hosts

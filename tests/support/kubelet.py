@@ -5,15 +5,17 @@ scheduler (as Strimzi's MockKube does): it registers a Node and keeps it Ready,
 binds pending pods to it, and runs each container's `command` + `args` with its
 environment as a local process — the image is ignored and `faultlab-node` /
 `faultlab` map to this venv's console scripts. Each pod gets its own loopback IP
-(127.1.x.y) and a line in a hosts file (`<hostname>.<subdomain>.<ns>.svc` and
-shorter forms) named to the processes by FAULTLAB_HOSTS_FILE, standing in for
-cluster DNS. It resolves env `valueFrom` (secretKeyRef, configMapKeyRef,
-fieldRef), `envFrom` and `$(VAR)` references, gives emptyDir/configMap/secret
-volumes a temporary directory (a path under a volume's mountPath in env or args
-is rewritten to it), reports phase, pod IPs and readiness from the readiness
-probe (grpc via grpc.health.v1, tcpSocket, httpGet), restarts containers per
-restartPolicy and failing liveness probes, and on deletion stops the processes
-(SIGTERM, SIGKILL after the grace period) and removes the pod object.
+(127.1.x.y); a wildcard listen address in env or args (`0.0.0.0:PORT`,
+`[::]:PORT`) becomes that IP, as the pod's own network namespace would confine
+it. A hosts file (`<hostname>.<subdomain>.<ns>.svc` and shorter forms), named to
+the processes by FAULTLAB_HOSTS_FILE, stands in for cluster DNS. It resolves env
+`valueFrom` (secretKeyRef, configMapKeyRef, fieldRef), `envFrom` and `$(VAR)`
+references, gives emptyDir/configMap/secret volumes a temporary directory (a
+path under a volume's mountPath in env or args is rewritten to it), reports
+phase, pod IPs and readiness from the readiness probe (grpc via
+grpc.health.v1, tcpSocket, httpGet), restarts containers per restartPolicy and
+failing liveness probes, and on deletion stops the processes (SIGTERM, SIGKILL
+after the grace period) and removes the pod object.
 
 What it cannot do locally, and does not pretend to: container isolation — the
 securityContext (runAsNonRoot, readOnlyRootFilesystem, dropped capabilities,
@@ -48,6 +50,7 @@ JSON = dict[str, Any]
 VENV_BIN = Path(sys.executable).parent
 COMMAND_MAP = {"faultlab-node": "faultlab-node", "faultlab": "faultlab", "python": "python", "python3": "python3"}
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+WILDCARD = re.compile(r"^(?:0\.0\.0\.0|\[::\])?:(\d+)$")
 
 
 def now() -> str:
@@ -233,6 +236,9 @@ class PodWorker(threading.Thread):
         return sorted(mounts, key=lambda m: -len(m[0]))
 
     def _rewrite(self, value: str, mounts: list[tuple[str, Path]]) -> str:
+        wildcard = WILDCARD.match(value)
+        if wildcard:  # all of a pod's interfaces = its own IP here
+            return f"{self.ip}:{wildcard.group(1)}"
         for mount_path, host in mounts:
             if value == mount_path or value.startswith(mount_path + "/"):
                 return str(host) + value[len(mount_path):]

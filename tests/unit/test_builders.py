@@ -29,7 +29,7 @@ def test_pod_identity_and_dns_names() -> None:
     assert env["FAULTLAB_PEERS"] == ("n1=demo-1.demo-peers.lab.svc:7000,n2=demo-2.demo-peers.lab.svc:7000,"
                                      "n3=demo-3.demo-peers.lab.svc:7000")
     assert env["FAULTLAB_ADVERTISE"] == "demo-2.demo-peers.lab.svc:7000"
-    assert env["FAULTLAB_LISTEN"] == "$(POD_IP):7000"
+    assert env["FAULTLAB_LISTEN"] == "0.0.0.0:7000"  # kubelet probes and port-forward both reach it
     assert env["FAULTLAB_DATA_DIR"] == b.DATA_DIR
     assert env["FAULTLAB_AGENT_TOKEN"] == {"secretKeyRef": {"name": "demo-agent-token", "key": "token"}}
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
