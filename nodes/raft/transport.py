@@ -126,6 +126,10 @@ def merge_messages(prev: Message, m: Message) -> Message | None:
     return None
 
 
+def _lazy(queue: list[Message]) -> bool:
+    return all(m.type == MsgType.APP and not m.entries for m in queue)
+
+
 def _approx_size(m: Message) -> int:
     return 64 + sum(len(e.data) + 24 for e in m.entries)
 
@@ -189,9 +193,8 @@ class PeerLink:
             self.wake.clear()
             if not self.queue:
                 continue
-            if all(m.type == MsgType.APP and not m.entries for m in self.queue):
-                await asyncio.sleep(LAZY_DELAY)
-                self.wake.clear()
+            if _lazy(self.queue):
+                await self._linger(loop.time() + LAZY_DELAY)
             stub = self._ensure_channel()
             if stub is None:
                 dropped, self.queue = self.queue, []
@@ -219,6 +222,19 @@ class PeerLink:
                 self.t.on_unreachable(self.peer_id)
                 self.queue = [m for m in self.queue if m.type not in (MsgType.HEARTBEAT, MsgType.APP)]
                 await asyncio.sleep(0.02)
+
+    async def _linger(self, deadline: float) -> None:
+        """Waits until a message worth sending arrives or ``deadline`` passes."""
+        loop = asyncio.get_running_loop()
+        while _lazy(self.queue):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def _send_snapshot(self, m: Message) -> None:
         assert m.snapshot is not None
