@@ -104,6 +104,7 @@ class RaftClient:
         self.client_id = client_id or uuid.uuid4().hex[:16]
         self.leader: str | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._kv_stubs: dict[int, pb_grpc.KVStub] = {}
         self._free_slots: list[_Slot] = []
         self._slot_ids = itertools.count()
         self._rr = random.randrange(len(self.addresses))
@@ -116,6 +117,13 @@ class RaftClient:
             ch = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         return ch
 
+    def _kv(self, ch: grpc.aio.Channel) -> pb_grpc.KVStub:
+        """The KV stub of one of this client's channels, built once (stubs build callables)."""
+        stub = self._kv_stubs.get(id(ch))
+        if stub is None:
+            stub = self._kv_stubs[id(ch)] = pb_grpc.KVStub(ch)
+        return stub
+
     def _address(self, member: str) -> str:
         return self.members.get(member, member)
 
@@ -127,6 +135,7 @@ class RaftClient:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        self._kv_stubs.clear()
 
     async def __aenter__(self) -> RaftClient:
         return self
@@ -202,7 +211,7 @@ class RaftClient:
             req.session.CopyFrom(session)
 
             async def call(ch: grpc.aio.Channel, t: float) -> Put:
-                r = await pb_grpc.KVStub(ch).Put(req, timeout=t)
+                r = await self._kv(ch).Put(req, timeout=t)
                 return Put(r.header.index, r.prev_found, r.prev_value)
             return call
         return await self._write(make, timeout)
@@ -214,7 +223,7 @@ class RaftClient:
             req.session.CopyFrom(session)
 
             async def call(ch: grpc.aio.Channel, t: float) -> bool:
-                return (await pb_grpc.KVStub(ch).Delete(req, timeout=t)).deleted
+                return (await self._kv(ch).Delete(req, timeout=t)).deleted
             return call
         return await self._write(make, timeout)
 
@@ -228,7 +237,7 @@ class RaftClient:
             req.session.CopyFrom(session)
 
             async def call(ch: grpc.aio.Channel, t: float) -> Cas:
-                r = await pb_grpc.KVStub(ch).CompareAndSwap(req, timeout=t)
+                r = await self._kv(ch).CompareAndSwap(req, timeout=t)
                 return Cas(r.header.index, r.succeeded, r.found, r.current)
             return call
         return await self._write(make, timeout)
@@ -240,7 +249,7 @@ class RaftClient:
         req = pb.GetRequest(key=_bytes(key), consistency=consistency)
 
         async def call(ch: grpc.aio.Channel, t: float) -> bytes | None:
-            r = await pb_grpc.KVStub(ch).Get(req, timeout=t)
+            r = await self._kv(ch).Get(req, timeout=t)
             return r.value if r.found else None
         if member is not None:
             return await call(self._channel(self._address(member)), timeout or self.timeout)
@@ -252,7 +261,7 @@ class RaftClient:
         req = pb.RangeRequest(prefix=_bytes(prefix), limit=limit, consistency=consistency)
 
         async def call(ch: grpc.aio.Channel, t: float) -> tuple[list[tuple[bytes, bytes]], bool]:
-            r = await pb_grpc.KVStub(ch).Range(req, timeout=t)
+            r = await self._kv(ch).Range(req, timeout=t)
             return [(kv.key, kv.value) for kv in r.items], r.more
         return await self._leader_call(call, write=False, timeout=timeout)
 
