@@ -358,7 +358,7 @@ class LocalRuntime:
 
         token = ""
         if cluster.spec.agent.enabled:
-            token = secrets.token_urlsafe(32)
+            token = secrets.token_hex(32)
             _write_atomic(cdir / TOKEN_FILE, token + "\n", mode=0o600)
 
         taken = self._ports_in_use()
@@ -394,7 +394,7 @@ class LocalRuntime:
                 with contextlib.suppress(FileNotFoundError):
                     Path(m.state_file).unlink()
                 node_cmd = [sys.executable, "-m", NODE_MODULE, "raft", "--id", m.id, "--listen", m.address,
-                            "--peers", peers, "--data-dir", m.data_dir, "--agent-token", token, *extra]
+                            "--peers", peers, "--data-dir", m.data_dir, f"--agent-token={token}", *extra]
                 m.supervisor_pid = self._spawn_supervisor(m, node_cmd)
             self._save(state)
             await self.wait_for_leader(name, timeout_s, fail_on_restart=True, all_ready=True)
