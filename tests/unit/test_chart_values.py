@@ -141,7 +141,9 @@ def test_every_object_in_the_schema_closes_its_properties() -> None:
         assert node["additionalProperties"] is not True, f"values.schema.json {where}: additionalProperties true"
 
 
-TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+TYPES: dict[str, type | tuple[type, ...]] = {
+    "object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float),
+}
 
 
 def check_value(value: Any, node: dict[str, Any], root: dict[str, Any], path: str) -> Iterator[str]:
