@@ -11,7 +11,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 SIM_SEEDS ?= 500
 
 .PHONY: help venv demo test test-unit test-sim test-integration test-k8s test-e2e lint protos protos-check \
-        bench bench-raft soak clean
+        crds bench bench-raft soak clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -49,13 +49,21 @@ test-e2e: $(STAMP) ## end-to-end suite against the test control plane (or any KU
 soak: $(STAMP) ## 100,000 simulation seeds (long)
 	FAULTLAB_SIM_SEEDS=100000 $(PYTEST) tests/sim -q -k random -s
 
-lint: $(STAMP) ## ruff + mypy on the typed packages + proto lint
+lint: $(STAMP) ## ruff, mypy on the typed packages, buf (protos), actionlint (workflows), helm lint (chart)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy operator/api nodes/raft/core.py operator/chaos
 	bash tools/buf-lint.sh
+	bash tools/actionlint.sh
+	$(PY) tools/gen_crds.py --check
+	$(PY) tools/sync_chart.py --check
+	"$$(bash tools/k8s/build.sh | tail -n1)/helm" lint --strict helm/faultlab
 
 protos: $(STAMP) ## regenerate Python code from protos/*.proto
 	$(PY) tools/gen_protos.py
+
+crds: $(STAMP) ## regenerate crds/ from operator/api and copy them (and deploy/rbac rules) into the chart
+	$(PY) tools/gen_crds.py
+	$(PY) tools/sync_chart.py
 
 protos-check: $(STAMP) ## fail if generated protos are stale
 	$(PY) tools/gen_protos.py --check
