@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ from faultlab.operator.reconcile import builders as b
 from faultlab.operator.reconcile.kube import Kube, path
 from tests.e2e.conftest import E2E_NS
 from tests.e2e.harness import OperatorProcess, PodAccess, wait_for
-from tests.e2e.test_raftcluster import NAME, Cluster, raft_cluster
+from tests.e2e.test_raftcluster import Cluster, raft_cluster
 
 pytestmark = pytest.mark.timeout(300)
+NAME = "target"
 
 
 def experiment(name: str, *, duration: float, fault_seconds: float) -> dict[str, Any]:
@@ -40,12 +42,12 @@ def experiment(name: str, *, duration: float, fault_seconds: float) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def cluster(admin: Kube, operator: OperatorProcess, pods: PodAccess) -> Cluster:
-    c = Cluster(admin, pods, operator)
-    if admin.get(path("RaftCluster", E2E_NS, NAME)) is None:
-        admin.create(raft_cluster(3))
+def cluster(admin: Kube, operator: OperatorProcess, pods: PodAccess) -> Iterator[Cluster]:
+    admin.create(raft_cluster(3, name=NAME))
+    c = Cluster(admin, pods, operator, name=NAME)
     c.wait_ready(3, timeout=120)
-    return c
+    yield c
+    c.delete()
 
 
 def chaos_status(admin: Kube, name: str) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def chaos_status(admin: Kube, name: str) -> dict[str, Any]:
 def describe(admin: Kube, name: str, operator: OperatorProcess) -> str:
     st = chaos_status(admin, name)
     slim = {k: st.get(k) for k in ("phase", "verdict", "message", "mttrSeconds", "availability")}
-    timeline = [e.get("message") for e in st.get("timeline", [])[-12:]]
+    timeline = [f"{e.get('time')} {e.get('message')}" for e in st.get("timeline", [])[-25:]]
     return f"status: {slim}\ntimeline: {timeline}\noperator log:\n{operator.logs(40)}"
 
 
@@ -82,7 +84,7 @@ def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
 def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, admin: Kube,
                                                           operator: OperatorProcess) -> None:
     name = "leader-partition"
-    admin.create(experiment(name, duration=6, fault_seconds=3))
+    admin.create(experiment(name, duration=8, fault_seconds=3))
     st = wait_for(lambda: (s := chaos_status(admin, name)).get("phase") in ("Completed", "Aborted", "Failed")
                   and s.get("checks") and s, timeout=150, what="the experiment to finish",
                   describe=lambda: describe(admin, name, operator))
@@ -90,7 +92,7 @@ def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, adm
     assert st["verdict"] == "Passed", describe(admin, name, operator)
     checks = {c["name"]: c["result"] for c in st["checks"]}
     assert checks == {"linearizable": "Passed", "noLostWrites": "Passed"}, st["checks"]
-    assert st.get("mttrSeconds") is not None and st["mttrSeconds"] >= 0
+    assert st.get("mttrSeconds") is not None and st["mttrSeconds"] >= 0, describe(admin, name, operator)
     assert 0 < st.get("availability", 0) <= 1
     injected = st["injectedFaults"]
     assert injected and all(f.get("recoveredAt") for f in injected)

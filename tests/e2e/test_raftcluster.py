@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -27,22 +28,23 @@ NAME = "demo"
 TIMINGS = {"tickMs": 20, "electionTicks": 15, "heartbeatTicks": 3}
 
 
-def raft_cluster(replicas: int, image: str = "ghcr.io/faultlab/faultlab:e2e-1") -> dict[str, Any]:
+def raft_cluster(replicas: int, image: str = "ghcr.io/faultlab/faultlab:e2e-1", name: str = NAME) -> dict[str, Any]:
     return {"apiVersion": "faultlab.dev/v1alpha1", "kind": "RaftCluster",
-            "metadata": {"name": NAME, "namespace": E2E_NS},
+            "metadata": {"name": name, "namespace": E2E_NS},
             "spec": {"replicas": replicas, "image": image, "timings": TIMINGS}}
 
 
 class Cluster:
     """The test's view of the RaftCluster: its status, its pods, a KV client."""
 
-    def __init__(self, kube: Kube, pods: PodAccess, operator: OperatorProcess) -> None:
+    def __init__(self, kube: Kube, pods: PodAccess, operator: OperatorProcess, name: str = NAME) -> None:
         self.kube = kube
         self.pods = pods
         self.operator = operator
+        self.name = name
 
     def get(self) -> dict[str, Any]:
-        obj = self.kube.get(path("RaftCluster", E2E_NS, NAME))
+        obj = self.kube.get(path("RaftCluster", E2E_NS, self.name))
         assert obj is not None
         return obj
 
@@ -80,13 +82,19 @@ class Cluster:
         out = {}
         for m in self.status().get("members", []):
             try:
-                out[m["id"]] = self.pods.address(E2E_NS, b.pod_name(NAME, m["id"]), b.GRPC_PORT)
+                out[m["id"]] = self.pods.address(E2E_NS, b.pod_name(self.name, m["id"]), b.GRPC_PORT)
             except LookupError:
                 pass
         return out
 
     def patch_spec(self, spec: dict[str, Any]) -> None:
-        self.kube.patch(path("RaftCluster", E2E_NS, NAME), {"spec": spec})
+        self.kube.patch(path("RaftCluster", E2E_NS, self.name), {"spec": spec})
+
+    def delete(self) -> None:
+        """Delete it and wait for its pods to go (garbage collection), freeing the CPU for what follows."""
+        self.kube.delete(path("RaftCluster", E2E_NS, self.name))
+        wait_for(lambda: not self.kube.list(path("Pod", E2E_NS), labels=b.selector_labels(self.name)),
+                 timeout=60, what=f"the pods of {self.name} to be garbage-collected")
 
 
 async def member_status(address: str) -> pb.StatusResponse | None:
@@ -156,11 +164,12 @@ def read_all(cluster: Cluster, keys: dict[str, str]) -> dict[str, str | None]:
 
 
 @pytest.fixture(scope="module")
-def cluster(admin: Kube, operator: OperatorProcess, pods: PodAccess) -> Cluster:
+def cluster(admin: Kube, operator: OperatorProcess, pods: PodAccess) -> Iterator[Cluster]:
     admin.create(raft_cluster(3))
     c = Cluster(admin, pods, operator)
     c.wait_ready(3, timeout=120, what="a new 3-member RaftCluster to be Ready with a leader")
-    return c
+    yield c
+    c.delete()
 
 
 def test_three_members_ready_with_a_leader(cluster: Cluster, admin: Kube) -> None:
