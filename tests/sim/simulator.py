@@ -43,9 +43,10 @@ from faultlab.operator.chaos.history import History, OpHandle, OpKind, Outcome
 
 __all__ = ["InvariantViolation", "NetProfile", "SimNode", "Simulator"]
 
-_TICK, _DELIVER, _FLUSH, _CALL = 0, 1, 2, 3
+_TICK, _DELIVER, _FLUSH, _CALL, _FLUSH_DONE = 0, 1, 2, 3, 4
 _LEADER = Role.LEADER
 _SNAP = MsgType.SNAP
+_EARLY = (MsgType.APP, MsgType.HEARTBEAT)
 
 
 class InvariantViolation(AssertionError):
@@ -109,6 +110,7 @@ class SimNode:
         "kv",
         "pending_props",
         "pending_reads",
+        "ready",
         "removed",
         "storage",
         "waiting_reads",
@@ -122,6 +124,7 @@ class SimNode:
         self.removed = False
         self.incarnation = 0
         self.flush_pending = False
+        self.ready: Ready | None = None
         self.kv: dict[str, str] = {}
         self.applied = 0
         self.applied_log: dict[int, bytes] = {}
@@ -150,6 +153,7 @@ class Simulator:
         tick_skew: float = 0.02,
         client_timeout: float = 40.0,
         retire_removed: bool = True,
+        leader_early_send: bool = False,
         trace: bool = False,
     ) -> None:
         self.seed = seed
@@ -168,6 +172,7 @@ class Simulator:
         self.tick_skew = tick_skew
         self.client_timeout = client_timeout
         self.retire_removed = retire_removed
+        self.leader_early_send = leader_early_send
         self.now = 0.0
         self.steps = 0
         self._seq = 0
@@ -229,6 +234,13 @@ class Simulator:
                     continue
                 node.flush_pending = False
                 self._flush(node)
+            elif kind == _FLUSH_DONE:
+                node = nodes[a]  # type: ignore[index]
+                if not node.alive or node.incarnation != b or node.ready is None:
+                    continue
+                rd = node.ready
+                node.ready = None
+                self._finish(node, rd)
             else:
                 a()  # type: ignore[operator]
         if self.now < t_end:
@@ -286,6 +298,7 @@ class Simulator:
         node.alive = True
         node.incarnation += 1
         node.flush_pending = False
+        node.ready = None
         node.pending_props = {}
         node.pending_reads = {}
         node.waiting_reads = []
@@ -400,6 +413,31 @@ class Simulator:
         if not core.has_ready():
             return
         rd = core.ready()
+        if (
+            self.leader_early_send
+            and rd.role == _LEADER
+            and rd.snapshot is None
+            and rd.messages
+            and (rd.entries or rd.hard_state is not None)
+        ):
+            # The leader ships appends while its own write is in flight (etcd, thesis 10.2.1);
+            # a crash before the write completes loses the entries on the leader only.
+            rest = []
+            for m in rd.messages:
+                if m.type in _EARLY:
+                    self._send(m)
+                else:
+                    rest.append(m)
+            rd.messages = rest
+            node.ready = rd
+            self._push(
+                self.now + self.rng.random() * max(self.flush_delay, 0.3), _FLUSH_DONE, node.id, node.incarnation
+            )
+            return
+        self._finish(node, rd)
+
+    def _finish(self, node: SimNode, rd: Ready) -> None:
+        core = node.core
         self._persist(node, rd)
         for m in rd.messages:
             self._send(m)

@@ -71,6 +71,7 @@ def _params(seed: int) -> tuple[random.Random, dict[str, object]]:
     }
     # A removed member is shut down (as the operator deletes its pod) unless pre-vote and
     # check-quorum are both on, where a lingering removed node must not disrupt the cluster.
+    opts["leader_early_send"] = rng.random() < 0.5
     opts["retire_removed"] = not (opts["pre_vote"] and opts["check_quorum"]) or rng.random() < 0.5
     return rng, opts
 
@@ -135,6 +136,8 @@ class _Run:
             victim = lead if lead is not None and rng.random() < 0.5 else rng.choice(live)
             sim.crash(victim.id)
             sim.call_at(sim.now + rng.uniform(2.0, 60.0), lambda nid=victim.id: sim.restart(nid))
+        elif r < 0.22 and live:
+            self._bounce_storm(rng.randrange(3, 12))
         elif r < 0.3:
             rng.shuffle(names)
             k = rng.randrange(1, max(2, len(names)))
@@ -159,6 +162,22 @@ class _Run:
                 sim._after(lead)
         elif lead is not None:
             self._membership(lead.id)
+
+    def _bounce_storm(self, count: int) -> None:
+        """Crash-restart random nodes in quick succession, often mid-election (a vote in flight)."""
+        sim, rng = self.sim, self.rng
+        at = sim.now
+        for _ in range(count):
+            at += rng.uniform(0.1, 4.0)
+
+            def bounce() -> None:
+                live = [n.id for n in sim.nodes.values() if n.alive]
+                if live:
+                    nid = rng.choice(live)
+                    sim.crash(nid)
+                    sim.call_at(sim.now + rng.uniform(0.05, 1.5), lambda: sim.restart(nid))
+
+            sim.call_at(at, bounce)
 
     def _membership(self, lead_id: str) -> None:
         sim, rng = self.sim, self.rng
