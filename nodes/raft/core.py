@@ -184,6 +184,7 @@ class RaftCore:
         self.pending_conf_index = 0
         self._snapshot: Snapshot | None = None
         self._read_seq = 0
+        self._read_round_due = False
         self._read_acked: dict[str, int] = {}
         self._pending_reads: list[tuple[int, int, bytes]] = []
         self._unconfirmed_reads: list[bytes] = []
@@ -346,6 +347,7 @@ class RaftCore:
         log = self.log
         return bool(
             self.msgs
+            or self._read_round_due
             or log.unstable <= log.last_index()
             or log.committed > log.applying
             or log.pending_snapshot is not None
@@ -362,6 +364,11 @@ class RaftCore:
         if self._outstanding:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
         self._outstanding = True
+        if self._read_round_due:
+            # One heartbeat round confirms every read registered since the last Ready.
+            self._read_round_due = False
+            self._read_seq += 1
+            self._bcast_heartbeat()
         log = self.log
         prev = self._prev_hs
         hs: HardState | None = None
@@ -925,10 +932,9 @@ class RaftCore:
         if self.voters == (self.id,):
             self._read_states.extend(ReadState(commit, c) for c in contexts)
             return
-        self._read_seq += 1
-        seq = self._read_seq
+        seq = self._read_seq + 1
         self._pending_reads.extend((seq, commit, c) for c in contexts)
-        self._bcast_heartbeat()
+        self._read_round_due = True
 
     def _release_reads(self) -> None:
         if not self._pending_reads or not self.voters:
@@ -946,6 +952,7 @@ class RaftCore:
             del pending[:n]
 
     def _drop_reads(self) -> None:
+        self._read_round_due = False
         if self._pending_reads:
             self._dropped_reads.extend(c for _, _, c in self._pending_reads)
             self._pending_reads = []

@@ -586,3 +586,17 @@ def test_compact_and_send_snapshot_to_a_lagging_follower() -> None:
     lead.propose(b"after")
     net.flush()
     assert data_of(net, "c") == [b"after"]
+
+
+def test_reads_registered_between_readies_share_one_heartbeat_round() -> None:
+    net = Net(["a", "b", "c"])
+    lead = net.elect("a")
+    for i in range(10):
+        lead.read_index(b"r%d" % i)
+    rd = lead.ready()
+    assert [m.type for m in rd.messages] == [MsgType.HEARTBEAT, MsgType.HEARTBEAT]
+    lead.advance(rd)
+    for m in rd.messages:
+        net.nodes[m.to].step(m)
+    net.flush()
+    assert [r.context for r in net.reads["a"]] == [b"r%d" % i for i in range(10)]
