@@ -109,7 +109,28 @@ def status_from_state(state: ExperimentState) -> JSON:
         status["finishedAt"] = iso(state.finished_at)
     if state.verdict:
         status["verdict"] = state.verdict
+    status["conditions"] = _conditions(state)
     return status
+
+
+def _conditions(state: ExperimentState) -> list[JSON]:
+    """Ready: finished with a verdict; Progressing: running; Degraded: aborted, failed or not rolled back."""
+    phase = state.phase.value
+    running = phase not in TERMINAL
+    left = [f.id for f in state.outstanding()]
+    since = iso(state.finished_at or state.started_at)
+    degraded = phase in ("Aborted", "Failed") or (not running and bool(left))
+    return [
+        {"type": "Ready", "status": "False" if running else "True", "lastTransitionTime": since,
+         "reason": "Running" if running else (state.verdict or phase),
+         "message": state.message[:500] or phase},
+        {"type": "Progressing", "status": "True" if running else "False", "lastTransitionTime": since,
+         "reason": phase, "message": f"phase {phase}"},
+        {"type": "Degraded", "status": "True" if degraded else "False", "lastTransitionTime": since,
+         "reason": "FaultsLeft" if left and not running else (phase if degraded else "AsPlanned"),
+         "message": f"faults not confirmed recovered: {', '.join(left)}" if left and not running else
+         (state.message[:500] if degraded else "no problem")},
+    ]
 
 
 def status_from_report(report: JSON) -> JSON:

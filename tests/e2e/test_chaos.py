@@ -94,6 +94,8 @@ def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, adm
     assert checks == {"linearizable": "Passed", "noLostWrites": "Passed"}, st["checks"]
     assert st.get("mttrSeconds") is not None and st["mttrSeconds"] >= 0, describe(admin, name, operator)
     assert 0 < st.get("availability", 0) <= 1
+    conditions = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conditions == {"Ready": "True", "Progressing": "False", "Degraded": "False"}, st["conditions"]
     injected = st["injectedFaults"]
     assert injected and all(f.get("recoveredAt") for f in injected)
     obj = admin.get(path("ChaosExperiment", E2E_NS, name))
