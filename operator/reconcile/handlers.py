@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -116,30 +117,32 @@ def register(registry: kopf.OperatorRegistry, kube: Kube, events: EventRecorder)
         settings.networking.request_timeout = 30
 
     @kopf.on.event(GROUP, VERSION, "raftclusters", registry=registry)
-    async def raftcluster_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    async def raftcluster_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is None:
+            return
         if type == "DELETED":
             workers.forget(namespace, name)
         else:
             workers.poke(namespace, name)
 
     @kopf.on.event("", "v1", "pods", labels={b.L_MANAGED_BY: b.MANAGED_BY}, registry=registry)
-    async def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         cluster = labels.get(b.L_CLUSTER)
-        if cluster:
+        if cluster and namespace:
             workers.poke(namespace, cluster)
 
     @kopf.daemon(GROUP, VERSION, "chaosexperiments", cancellation_timeout=120.0, registry=registry)
-    async def chaos_daemon(body: kopf.Body, namespace: str, name: str, stopped: kopf.DaemonStopped,
+    async def chaos_daemon(body: kopf.Body, namespace: str | None, name: str, stopped: kopf.DaemonStopped,
                            **_: Any) -> None:
         EXPERIMENTS.inc()
         try:
-            await chaos.daemon(body, namespace, name, stopped)
+            await chaos.daemon(body, namespace or "default", name, stopped)
         finally:
             EXPERIMENTS.dec()
 
     @kopf.on.delete(GROUP, VERSION, "chaosexperiments", registry=registry)
-    async def chaos_delete(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        await chaos.on_delete(dict(body), namespace, name)
+    async def chaos_delete(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        await chaos.on_delete(dict(body), namespace or "default", name)
 
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:

@@ -6,6 +6,7 @@ requests are synchronous — async code calls them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import builtins
 import json
 import urllib.parse
 from collections.abc import Iterator
@@ -151,7 +152,7 @@ class Kube:
         return self.list_with_version(url_path, labels=labels, fields=fields)[0]
 
     def list_with_version(self, url_path: str, *, labels: dict[str, str] | str | None = None,
-                          fields: str | None = None) -> tuple[list[JSON], str]:
+                          fields: str | None = None) -> tuple[builtins.list[JSON], str]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items()) if isinstance(labels, dict) else labels
         result = self.raw("GET", url_path, query={"labelSelector": selector, "fieldSelector": fields})
         kind = result.get("kind", "List").removesuffix("List")
