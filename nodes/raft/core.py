@@ -254,6 +254,12 @@ class RaftCore:
                 pass
             elif mtype in (_APP, _HEARTBEAT, _SNAP):
                 self._become_follower(m.term, m.frm)
+            elif mtype == _VOTE and self.role != _LEADER:
+                # Raft's Figure 2: only a granted vote restarts the election timer, so a
+                # candidate with a stale log cannot keep the others from timing out.
+                elapsed = self.election_elapsed
+                self._become_follower(m.term, "")
+                self.election_elapsed = elapsed
             else:
                 self._become_follower(m.term, "")
         elif m.term < self.term:

@@ -160,8 +160,13 @@ class _Run:
                 sim._log(f"transfer {lead.id} -> {target}")
                 lead.core.transfer_leadership(target)
                 sim._after(lead)
-        elif lead is not None:
+        elif lead is not None and r < 0.85:
             self._membership(lead.id)
+        else:
+            at = sim.now
+            for _ in range(rng.randrange(2, 7)):
+                at += rng.uniform(0.1, 3.0)
+                sim.call_at(at, self._membership_now)
 
     def _bounce_storm(self, count: int) -> None:
         """Crash-restart random nodes in quick succession, often mid-election (a vote in flight)."""
@@ -178,6 +183,11 @@ class _Run:
                     sim.call_at(sim.now + rng.uniform(0.05, 1.5), lambda: sim.restart(nid))
 
             sim.call_at(at, bounce)
+
+    def _membership_now(self) -> None:
+        lead = self.sim.leader()
+        if lead is not None and self.sim.now < self.chaos_end:
+            self._membership(lead.id)
 
     def _membership(self, lead_id: str) -> None:
         sim, rng = self.sim, self.rng
