@@ -158,8 +158,9 @@ class RaftCore:
     ) -> None:
         """Start a brand-new node (only ``peers``) or restart one from its durable state.
 
-        ``peers`` is the initial membership of a brand-new cluster (empty for a node
-        that joins an existing cluster); it is ignored on restart, where membership
+        ``peers`` is the initial membership of a brand-new cluster (every initial member
+        passes the same set; it becomes identical bootstrap entries 1..n at term 1), or
+        empty for a node that joins an existing cluster; it is ignored on restart, where membership
         comes from ``snapshot`` and the committed CONF_CHANGE entries. Pass the whole
         ``Snapshot`` (not just its meta) so the node can send it to lagging peers if it
         leads. Committed entries after ``max(snapshot index, applied)`` are handed out
@@ -206,8 +207,8 @@ class RaftCore:
             self.log = RaftLog(0, 0, entries)
         self._conf_history: list[tuple[int, ConfState]] = [(self.log.snap_index, self._conf_state())]
         if fresh and peers is not None and (peers.voters or peers.learners):
-            boot = [ConfChange(ConfChangeType.ADD_VOTER, v) for v in peers.voters]
-            boot += [ConfChange(ConfChangeType.ADD_LEARNER, v) for v in peers.learners]
+            boot = [ConfChange(ConfChangeType.ADD_VOTER, v) for v in sorted(peers.voters)]
+            boot += [ConfChange(ConfChangeType.ADD_LEARNER, v) for v in sorted(peers.learners)]
             self.log.append([Entry(1, i + 1, EntryType.CONF_CHANGE, cc.encode()) for i, cc in enumerate(boot)])
             self.term = 1
             self._commit_to(len(boot))
