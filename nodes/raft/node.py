@@ -44,9 +44,11 @@ from faultlab.nodes.raft.messages import (
     ConfChange,
     ConfChangeType,
     ConfState,
+    Entry,
     EntryType,
     Message,
     MsgType,
+    ReadState,
     Ready,
     Role,
     Snapshot,
@@ -317,7 +319,19 @@ class RaftNode:
         assert core is not None and self.transport is not None
         hs = rd.hard_state
         messages = rd.messages
+        committed = rd.committed_entries
         if rd.entries or rd.snapshot is not None or hs is not None:
+            if committed and rd.snapshot is None:
+                # Entries persisted by earlier Readys are durable here already: apply them (and
+                # answer their clients) while this Ready's new entries are being written.
+                first_new = rd.entries[0].index if rd.entries else committed[-1].index + 1
+                cut = 0
+                while cut < len(committed) and committed[cut].index < first_new:
+                    cut += 1
+                if cut:
+                    self._apply(committed[:cut])
+                    committed = committed[cut:]
+                    self._serve_reads(rd.read_states)
             st = self.storage
             durable = (rd.entries or rd.snapshot is not None or
                        (hs is not None and (hs.term != st.hard_state.term or hs.vote != st.hard_state.vote)))
@@ -333,10 +347,10 @@ class RaftNode:
             self.transport.send(messages)
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)
-        if rd.committed_entries:
-            self._apply(rd)
+        if committed:
+            self._apply(committed)
         if rd.read_states or self._reads_waiting:
-            self._serve_reads(rd)
+            self._serve_reads(rd.read_states)
         for ctx in rd.dropped_reads:
             for fut in self._reads_issued.pop(ctx, ()):
                 if not fut.done():
@@ -375,11 +389,11 @@ class RaftNode:
                 fut.set_exception(Unavailable(f"entry {index} was replaced by a snapshot; outcome unknown"))
         log.info("installed snapshot %d (term %d, %d bytes)", snap.meta.index, snap.meta.term, len(snap.data))
 
-    def _apply(self, rd: Ready) -> None:
+    def _apply(self, entries: list[Entry]) -> None:
         waiters = self._waiters
         apply = self.sm.apply
         normal = EntryType.NORMAL
-        for e in rd.committed_entries:
+        for e in entries:
             if e.index <= self.applied:
                 continue
             result: Any = None
@@ -411,8 +425,8 @@ class RaftNode:
                             f"outcome unknown, retry"))
                         self.metrics.proposals_failed.inc()
 
-    def _serve_reads(self, rd: Ready) -> None:
-        for rs in rd.read_states:
+    def _serve_reads(self, read_states: list[ReadState]) -> None:
+        for rs in read_states:
             futs = self._reads_issued.pop(rs.context, None)
             if futs:
                 self._reads_waiting.append((rs.index, futs))
