@@ -28,7 +28,7 @@ demo: $(STAMP) ## start a local 3-node Raft cluster, break it twice, print the c
 	$(VENV)/bin/faultlab demo
 
 # Every tier runs; under CI=true a tier that cannot run fails (tests/conftest.py).
-test: $(STAMP) protos-check test-unit test-sim test-integration test-k8s test-e2e ## run every test tier
+test: $(STAMP) lint protos-check test-unit test-sim test-integration test-k8s test-e2e ## lint, then every test tier
 
 test-unit: $(STAMP) ## fast pure tests, packaging and contract checks
 	$(PYTEST) tests/unit -q
@@ -47,7 +47,7 @@ test-e2e: $(STAMP) ## end-to-end suite against the test control plane (or any KU
 	else echo "e2e: no tests yet"; fi
 
 soak: $(STAMP) ## 100,000 simulation seeds (long)
-	FAULTLAB_SIM_SEEDS=100000 $(PYTEST) tests/sim -q -k random -s
+	$(PY) -m tests.sim.soak --seeds 100000
 
 lint: $(STAMP) ## ruff, mypy on the typed packages, buf (protos), actionlint (workflows), helm lint (chart)
 	$(VENV)/bin/ruff check .
