@@ -66,6 +66,7 @@ LEADER_METADATA = "faultlab-leader"
 # answers a client only from a later Ready, after its own fsync of the entry.
 _EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT})
 DEFAULT_MAX_VALUE = 1 << 20
+DELIVER_CHUNK = 8
 
 
 # ---------------------------------------------------------------- errors (mapped to gRPC codes by service.py)
@@ -185,6 +186,7 @@ class RaftNode:
         self._reads_waiting: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._read_seq = 0
         self._state_waiters: list[asyncio.Future[None]] = []
+        self._deliveries: list[tuple[asyncio.Future[Any], Any]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -332,6 +334,7 @@ class RaftNode:
                     self._apply(committed[:cut])
                     committed = committed[cut:]
                     self._serve_reads(rd.read_states)
+                    await self._deliver()
             st = self.storage
             durable = (rd.entries or rd.snapshot is not None or
                        (hs is not None and (hs.term != st.hard_state.term or hs.vote != st.hard_state.vote)))
@@ -351,6 +354,8 @@ class RaftNode:
             self._apply(committed)
         if rd.read_states or self._reads_waiting:
             self._serve_reads(rd.read_states)
+        if self._deliveries:
+            await self._deliver()
         for ctx in rd.dropped_reads:
             for fut in self._reads_issued.pop(ctx, ()):
                 if not fut.done():
@@ -417,13 +422,28 @@ class RaftNode:
                     if fut.done():
                         continue
                     if term == e.term:
-                        fut.set_result((result, e.index))
-                        self.metrics.proposals_ok.inc()
+                        self._deliveries.append((fut, (result, e.index)))
                     else:
                         fut.set_exception(Unavailable(
                             f"entry {e.index} was overwritten by term {e.term} (proposed in term {term}); "
                             f"outcome unknown, retry"))
                         self.metrics.proposals_failed.inc()
+
+    async def _deliver(self) -> None:
+        """Answers applied proposals a few at a time, yielding in between.
+
+        grpc.aio accepts one new call per event-loop turn; waking every waiting handler
+        in one turn would starve the accept loop and queue new requests in gRPC.
+        """
+        deliveries, self._deliveries = self._deliveries, []
+        ok = self.metrics.proposals_ok
+        for i in range(0, len(deliveries), DELIVER_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            for fut, value in deliveries[i:i + DELIVER_CHUNK]:
+                if not fut.done():
+                    fut.set_result(value)
+                    ok.inc()
 
     def _serve_reads(self, read_states: list[ReadState]) -> None:
         for rs in read_states:
