@@ -24,6 +24,7 @@ from faultlab.operator.chaos.journal import Event, ExperimentState, FaultStatus
 from faultlab.operator.reconcile import builders as b
 from faultlab.operator.reconcile.events import EventRecorder
 from faultlab.operator.reconcile.kube import JSON, ApiError, Kube, path
+from faultlab.operator.runtime.base import TargetRef
 from faultlab.operator.runtime.kubernetes import KubernetesRuntime
 
 log = logging.getLogger("faultlab.operator.chaos")
@@ -182,8 +183,8 @@ class ExperimentRun:
         return StatusStateStore(self.kube, self.namespace, self.name, self.body["metadata"].get("generation", 0),
                                 on_save=self._on_save)
 
-    def _options(self) -> EngineOptions:
-        return EngineOptions(paused=lambda: self.paused, html=False)
+    def _options(self, runtime: KubernetesRuntime) -> EngineOptions:
+        return EngineOptions(paused=lambda: self.paused, html=False, agent_factory=runtime.agent_factory)
 
     def run(self, resume_only: bool = False) -> None:
         try:
@@ -198,18 +199,22 @@ class ExperimentRun:
         runtime = KubernetesRuntime(self.kube)
         store = self._store()
         state = await asyncio.to_thread(store.load)
+        if state is not None:
+            target = (state.spec.get("spec") or {}).get("target") or {}
+            runtime.remember(TargetRef(target.get("kind", "RaftCluster"), target.get("name", ""),
+                                       target.get("namespace") or self.namespace), state.members)
         if state is not None and not state.terminal:
             self.events.post_sync(self.body, "Resuming", f"resuming an interrupted run in phase {state.phase.value}: "
                                   "rolling back what may still be in effect", warning=True)
-            coro = Engine.resume(store, runtime, self._options())
+            coro = Engine.resume(store, runtime, self._options(runtime))
         elif state is not None and state.outstanding():
-            coro = Engine.resume(store, runtime, self._options(), force=True)
+            coro = Engine.resume(store, runtime, self._options(runtime), force=True)
         elif resume_only or state is not None:
             return
         else:
             experiment = ChaosExperiment.model_validate(
                 {k: self.body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in self.body})
-            coro = Engine(experiment, runtime, store, self._options()).run()
+            coro = Engine(experiment, runtime, store, self._options(runtime)).run()
         task = asyncio.ensure_future(coro)
         while not task.done():
             if self.cancel.is_set():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from faultlab.operator.reconcile import builders as b
 from faultlab.operator.reconcile.kube import ApiError, Kube, path
 from faultlab.operator.runtime.base import Member, RuntimeError_, TargetRef
+from faultlab.protos.agent.v1 import agent_pb2 as agent_pb
 
 POLL_S = 0.2
 PAUSE_UNSUPPORTED = (
@@ -33,9 +35,6 @@ class KubernetesRuntime:
 
     name = "kubernetes"
 
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
-
     def _check_kind(self, target: TargetRef) -> None:
         if target.kind != "RaftCluster":
             raise RuntimeError_(f"target kind {target.kind} is not supported by the Kubernetes runtime "
@@ -46,6 +45,20 @@ class KubernetesRuntime:
         pods: list[dict] = await asyncio.to_thread(self.kube.list, path("Pod", target.namespace),
                                                    labels=b.selector_labels(target.name))
         return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.known: dict[str, tuple[TargetRef, str]] = {}  # address -> (target, member id), for agent_factory
+
+    def remember(self, target: TargetRef, members: dict[str, str]) -> None:
+        """Addresses of members (id -> address) from an earlier run's journal, so its agents are found again."""
+        for member, address in members.items():
+            self.known[address] = (target, member)
+
+    def agent_factory(self, address: str, token: str) -> PodAgent:
+        """For EngineOptions.agent_factory: an agent client that follows its member to a new pod IP."""
+        target, member = self.known.get(address, (None, ""))
+        return PodAgent(self, target, member, address, token)
 
     async def members(self, target: TargetRef) -> list[Member]:
         rc = await asyncio.to_thread(self.kube.get, path("RaftCluster", target.namespace, target.name))
@@ -58,8 +71,9 @@ class KubernetesRuntime:
             ip = pod.get("status", {}).get("podIP")
             if not member or not ip:
                 continue
-            out.append(Member(id=member, address=f"{ip}:{b.GRPC_PORT}", process=pod["metadata"]["name"],
-                              labels=dict(labels)))
+            address = f"{ip}:{b.GRPC_PORT}"
+            self.known[address] = (target, member)
+            out.append(Member(id=member, address=address, process=pod["metadata"]["name"], labels=dict(labels)))
         return sorted(out, key=lambda m: b.member_index(m.id))
 
     async def agent_token(self, target: TargetRef) -> str:
@@ -111,3 +125,57 @@ class KubernetesRuntime:
                     pass
             await asyncio.sleep(POLL_S)
         return False
+
+
+class PodAgent:
+    """A FaultAgent client for one member that re-resolves the member's pod IP when its pod was replaced.
+
+    A killed or evicted member comes back in a new pod with a new IP; rolling back or listing its
+    faults must reach the new process (which holds none of them) instead of timing out on the old IP.
+    """
+
+    REFRESH_S = 1.0
+
+    def __init__(self, runtime: KubernetesRuntime, target: TargetRef | None, member: str, address: str,
+                 token: str) -> None:
+        from faultlab.nodes.agent.client import AgentClient
+
+        self._client_type = AgentClient
+        self.runtime = runtime
+        self.target = target
+        self.member = member
+        self.address = address
+        self.token = token
+        self.client = AgentClient(address, token, timeout=3.0)
+        self._checked = 0.0
+
+    async def _current(self) -> Any:
+        if self.target is None or time.monotonic() - self._checked < self.REFRESH_S:
+            return self.client
+        self._checked = time.monotonic()
+        try:
+            pod = await asyncio.to_thread(self.runtime.kube.get, path(
+                "Pod", self.target.namespace, b.pod_name(self.target.name, self.member)))
+        except ApiError:
+            return self.client
+        ip = (pod or {}).get("status", {}).get("podIP")
+        if ip and f"{ip}:{b.GRPC_PORT}" != self.address:
+            await self.client.close()
+            self.address = f"{ip}:{b.GRPC_PORT}"
+            self.runtime.known[self.address] = (self.target, self.member)
+            self.client = self._client_type(self.address, self.token, timeout=3.0)
+        return self.client
+
+    async def inject(self, fault: agent_pb.Fault, *, timeout: float | None = None) -> agent_pb.InjectResponse:
+        reply: agent_pb.InjectResponse = await (await self._current()).inject(fault, timeout=timeout)
+        return reply
+
+    async def recover(self, fault_id: str, *, timeout: float | None = None) -> bool:
+        return bool(await (await self._current()).recover(fault_id, timeout=timeout))
+
+    async def list(self, *, timeout: float | None = None) -> agent_pb.ListResponse:
+        reply: agent_pb.ListResponse = await (await self._current()).list(timeout=timeout)
+        return reply
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -84,6 +84,7 @@ def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
 def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, admin: Kube,
                                                           operator: OperatorProcess) -> None:
     name = "leader-partition"
+    cluster.wait_stable_leader()
     admin.create(experiment(name, duration=8, fault_seconds=3))
     st = wait_for(lambda: (s := chaos_status(admin, name)).get("phase") in ("Completed", "Aborted", "Failed")
                   and s.get("checks") and s, timeout=150, what="the experiment to finish",
@@ -109,6 +110,7 @@ def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, adm
 def test_operator_killed_mid_experiment_resumes_and_rolls_back(cluster: Cluster, admin: Kube,
                                                               operator: OperatorProcess) -> None:
     name = "interrupted"
+    cluster.wait_stable_leader()
     admin.create(experiment(name, duration=30, fault_seconds=30))
 
     def injected() -> bool:
@@ -131,12 +133,25 @@ def test_operator_killed_mid_experiment_resumes_and_rolls_back(cluster: Cluster,
     cluster.wait_ready(3, timeout=60)
 
 
-def test_deleting_a_running_experiment_rolls_back_first(cluster: Cluster, admin: Kube,
-                                                       operator: OperatorProcess) -> None:
+def test_a_replaced_target_pod_is_recorded_and_deleting_rolls_back_first(cluster: Cluster, admin: Kube,
+                                                                        operator: OperatorProcess) -> None:
     name = "deleted-midway"
+    cluster.wait_stable_leader()
     admin.create(experiment(name, duration=30, fault_seconds=30))
-    wait_for(lambda: any(f.get("injectedAt") for f in chaos_status(admin, name).get("injectedFaults", [])),
-             timeout=90, what="the first injection", describe=lambda: describe(admin, name, operator))
+    st = wait_for(lambda: (s := chaos_status(admin, name)) and any(f.get("injectedAt") for f in s.get(
+        "injectedFaults", [])) and s, timeout=90, what="the first injection",
+                  describe=lambda: describe(admin, name, operator))
+    faulted = {f["member"] for f in st["injectedFaults"]}
+    bystander = next(m for m in ("n1", "n2", "n3") if m not in faulted)
+    admin.delete(path("Pod", E2E_NS, b.pod_name(NAME, bystander)), grace_seconds=0)
+
+    def recorded() -> bool:
+        events = admin.list(path("Event", E2E_NS), fields=f"involvedObject.name={name}")
+        return any(e["reason"] == "TargetPodReplaced" and b.pod_name(NAME, bystander) in e["message"]
+                   for e in events)
+
+    wait_for(recorded, timeout=60, what="the replaced target pod to be recorded on the experiment",
+             describe=lambda: describe(admin, name, operator))
     admin.delete(path("ChaosExperiment", E2E_NS, name))
     wait_for(lambda: admin.get(path("ChaosExperiment", E2E_NS, name)) is None, timeout=60,
              what="the experiment to be rolled back and deleted", describe=lambda: describe(admin, name, operator))

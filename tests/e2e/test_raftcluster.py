@@ -78,6 +78,18 @@ class Cluster:
         return wait_for(done, timeout=timeout, what=what or f"{voters} ready voters and a leader",
                         describe=self.describe)
 
+    def wait_stable_leader(self, timeout: float = 60) -> str:
+        """Every member reports the same leader, which reports itself leading (the status may lag a pass)."""
+        def agreed() -> str | None:
+            replies = asyncio.run(_statuses(self))
+            leaders = {r.leader_id for r in replies.values() if r is not None}
+            if len(replies) != 3 or None in replies.values() or len(leaders) != 1:
+                return None
+            leader = leaders.pop()
+            return leader if leader and replies[leader] and replies[leader].role == pb.ROLE_LEADER else None
+
+        return wait_for(agreed, timeout=timeout, what="all members to agree on a leader", describe=self.describe)
+
     def addresses(self) -> dict[str, str]:
         out = {}
         for m in self.status().get("members", []):

@@ -87,7 +87,7 @@ def test_pod_runs_with_env_volumes_probe_hosts_and_is_deleted(kube: Kube, kubele
     wait_for(lambda: ready(kube, "web"), timeout=30, what="pod web Ready", describe=lambda: describe(kube, NS))
     st = phase(kube, "web")
     ip = st["podIP"]
-    assert st["phase"] == "Running" and ip.startswith("127.1.") and st["podIPs"] == [{"ip": ip}]
+    assert st["phase"] == "Running" and ip.startswith("127.") and st["podIPs"] == [{"ip": ip}]
     obj = kube.get(path("Pod", NS, "web"))
     assert obj is not None and obj["spec"]["nodeName"] == "kubelet-test-node"
     logs = wait_for(lambda: "ENV" in (text := kubelet.logs(NS, "web")) and text, timeout=10, what="env printed")

@@ -5,7 +5,7 @@ scheduler (as Strimzi's MockKube does): it registers a Node and keeps it Ready,
 binds pending pods to it, and runs each container's `command` + `args` with its
 environment as a local process — the image is ignored and `faultlab-node` /
 `faultlab` map to this venv's console scripts. Each pod gets its own loopback IP
-(127.1.x.y); a wildcard listen address in env or args (`0.0.0.0:PORT`,
+(127.b.x.y, b random per kubelet); a wildcard listen address in env or args (`0.0.0.0:PORT`,
 `[::]:PORT`) becomes that IP, as the pod's own network namespace would confine
 it. A hosts file (`<hostname>.<subdomain>.<ns>.svc` and shorter forms), named to
 the processes by FAULTLAB_HOSTS_FILE, stands in for cluster DNS. It resolves env
@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -67,6 +68,15 @@ def expand(value: str, env: dict[str, str]) -> str:
         return env.get(name, match.group(0))
 
     return VAR_REF.sub(repl, value)
+
+
+def _port_free(ip: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((ip, port))
+            return True
+        except OSError:
+            return False
 
 
 def _die_with_parent() -> None:
@@ -454,7 +464,8 @@ class PodWorker(threading.Thread):
     def _run(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "home").mkdir(exist_ok=True)
-        self.ip = self.kubelet.allocate_ip()
+        ports = [int(p["containerPort"]) for c in self.pod["spec"]["containers"] for p in c.get("ports", [])]
+        self.ip = self.kubelet.allocate_ip(ports)
         self._setup_volumes()
         self.kubelet.set_host(self)
         logs = self.kubelet.workdir / "logs"
@@ -545,6 +556,7 @@ class TestKubelet:
         self._lock = threading.Lock()
         self._hosts: dict[str, tuple[str, list[str]]] = {}
         self._next_ip = 2
+        self._block = random.randint(1, 254)
         self._threads: list[threading.Thread] = []
 
     # ---- lifecycle
@@ -605,13 +617,19 @@ class TestKubelet:
 
     # ---- addresses
 
-    def allocate_ip(self) -> str:
-        with self._lock:
-            n = self._next_ip
-            self._next_ip += 1
-            if self._next_ip % 256 == 255:
-                self._next_ip += 3
-        return f"127.1.{(n // 256) % 256}.{n % 256}"
+    def allocate_ip(self, ports: list[int] | None = None) -> str:
+        """The next loopback IP of this kubelet's block whose `ports` are free (another test run may share
+        the machine: each kubelet starts at a random 127.<b>.0.0/16 block and skips addresses in use)."""
+        for _ in range(4096):
+            with self._lock:
+                n = self._next_ip
+                self._next_ip += 1
+                if self._next_ip % 256 in (0, 255):
+                    self._next_ip += 3
+            ip = f"127.{self._block}.{(n // 256) % 256}.{n % 256}"
+            if all(_port_free(ip, port) for port in ports or []):
+                return ip
+        raise RuntimeError(f"no free loopback address in 127.{self._block}.0.0/16")
 
     def set_host(self, worker: PodWorker) -> None:
         spec = worker.pod["spec"]
