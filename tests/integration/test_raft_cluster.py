@@ -115,6 +115,11 @@ async def test_membership_add_learner_promote_remove_with_snapshot(raft_cluster:
         assert new_leader != leader
         assert await c.wait_leader() == new_leader
         await kv.put("after", "transfer")
+        # removing the leader itself: it hands leadership over, the client follows, the new leader removes it
+        resp = await kv.remove_member(new_leader)
+        assert new_leader not in {m.id for m in resp.members}
+        await kv.put("after", "leader removal")
+        assert await kv.get("after") == b"leader removal"
 
 
 async def test_promote_learner_that_cannot_catch_up_fails_clearly(raft_cluster: MakeCluster) -> None:
