@@ -17,11 +17,9 @@ from typing import Any
 import pytest
 
 from faultlab.nodes.raft.client import InvalidArgument, RaftClient, RaftError
+from faultlab.operator.chaos.checks import linearizability as checks
+from faultlab.operator.chaos.history import History, OpKind
 from tests.integration.cluster import LocalRaftCluster
-
-checks = pytest.importorskip("faultlab.operator.chaos.checks.linearizability")
-history_mod = pytest.importorskip("faultlab.operator.chaos.history")
-History, OpKind = history_mod.History, history_mod.OpKind
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -7,11 +7,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from faultlab.nodes.agent import client as agent_client
 from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 from tests.integration.cluster import FAST_TIMING, LocalRaftCluster
-
-agent_client = pytest.importorskip("faultlab.nodes.agent.client")
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "raft-disk-test"
