@@ -141,8 +141,8 @@ def test_a_replaced_target_pod_is_recorded_and_deleting_rolls_back_first(cluster
     st = wait_for(lambda: (s := chaos_status(admin, name)) and any(f.get("injectedAt") for f in s.get(
         "injectedFaults", [])) and s, timeout=90, what="the first injection",
                   describe=lambda: describe(admin, name, operator))
-    faulted = {f["member"] for f in st["injectedFaults"]}
-    bystander = next(m for m in ("n1", "n2", "n3") if m not in faulted)
+    primary = {f["member"] for f in st["journal"]["faults"] if f["primary"]}  # the cut-off leader
+    bystander = next(m for m in ("n1", "n2", "n3") if m not in primary)  # holds only the mirror side
     admin.delete(path("Pod", E2E_NS, b.pod_name(NAME, bystander)), grace_seconds=0)
 
     def recorded() -> bool:
