@@ -23,8 +23,8 @@ _TOP = 24
 def _nice_max(v: float) -> float:
     if v <= 0:
         return 1.0
-    for m in (1, 2, 2.5, 5, 10):
-        for e in range(-3, 9):
+    for e in range(-3, 9):
+        for m in (1, 2, 2.5, 5):
             cand = m * 10**e
             if cand >= v:
                 return float(cand)

@@ -92,3 +92,9 @@ def test_report_maps_onto_the_resource_status() -> None:
     assert status.verdict == "Passed" and status.phase == "Completed"
     assert status.mttr_seconds == 1.5 and status.latency.before.p50_ms == 10.0
     assert status.injected_faults[0].member == "n1" and status.checks[0].result == "Passed"
+
+
+def test_plot_axes_scale_to_the_data() -> None:
+    from faultlab.operator.chaos.plot import _nice_max
+
+    assert [_nice_max(v) for v in (0.3, 80, 110, 999, 1001, 4200)] == [0.5, 100, 200, 1000, 2000, 5000]
