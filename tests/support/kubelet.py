@@ -27,7 +27,6 @@ up to 5 s) to keep tests fast.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -79,9 +78,13 @@ def _port_free(ip: str, port: int) -> bool:
             return False
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+SETPRIV = shutil.which("setpriv")  # util-linux: sets PR_SET_PDEATHSIG, then execs the command
+
+
+def _with_parent_death(argv: list[str]) -> list[str]:
+    """Processes die with the test run even when it is SIGKILLed. Done by exec'ing through setpriv, not a
+    preexec_fn: Python code between fork and exec in a process with gRPC threads can crash the child."""
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else argv
 
 
 class ConfigError(Exception):
@@ -354,9 +357,8 @@ class PodWorker(threading.Thread):
         with open(c.log_path, "ab") as log:
             log.write(f"--- {now()} start: {' '.join(argv)}\n".encode())
             log.flush()
-            c.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=_die_with_parent)
+            c.proc = subprocess.Popen(_with_parent_death(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         c.started_at, c.started_mono = now(), time.monotonic()
         c.terminated, c.waiting = None, None
         c.reset_probes(time.monotonic())
