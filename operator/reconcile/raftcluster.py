@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +47,8 @@ ADMIN_TIMEOUT_S = 10.0
 ROLES = {pb.ROLE_LEADER: "Leader", pb.ROLE_FOLLOWER: "Follower", pb.ROLE_CANDIDATE: "Candidate",
          pb.ROLE_PRE_CANDIDATE: "PreCandidate", pb.ROLE_LEARNER: "Learner"}
 BUSY_S = 0.5  # next pass while something is in progress
-STEADY_S = 5.0  # next pass when all is well (events wake it sooner)
+STEADY_S = 3.0  # next pass when all is well (events wake it sooner); bounds how stale status.leader gets
+RECHECK_STATIC_S = 30.0  # Services, ConfigMap, PDB, Secret: re-checked on spec changes and this often
 CATCH_UP_SLACK = 64  # PromoteLearner itself waits for the exact catch-up
 
 
@@ -115,6 +117,8 @@ class RaftClusterReconciler:
         self.events = events
         self.namespace = namespace
         self.name = name
+        self._static: tuple[str, int] | None = None  # (uid, generation) whose Services etc. were last ensured
+        self._static_at = 0.0
 
     # ---------------------------------------------------------------- I/O helpers
 
@@ -152,7 +156,10 @@ class RaftClusterReconciler:
             await self.events.post(body, "InvalidSpec", message, warning=True)
             return STEADY_S
         owner = b.owner_of(body)
-        await self._ensure_static(rc, owner)
+        stamp = (owner.uid, body["metadata"].get("generation", 0))
+        if self._static != stamp or time.monotonic() - self._static_at > RECHECK_STATIC_S:
+            await self._ensure_static(rc, owner)
+            self._static, self._static_at = stamp, time.monotonic()
         obs = await self._observe(owner)
         step = await self._step(body, rc, owner, obs)
         if step is not None and step.event:
