@@ -69,10 +69,22 @@ def main(argv: list[str] | None = None) -> None:
                           metrics_listen=args.metrics_listen, options=options)
         await module.serve(ctx)
 
+    _install_fast_loop()
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+
+
+def _install_fast_loop() -> None:
+    """uvloop when it is installed (``FAULTLAB_UVLOOP=0`` keeps asyncio's own loop)."""
+    if env_default("uvloop", "1").lower() not in ("0", "false", "no", "off"):
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 if __name__ == "__main__":
