@@ -220,6 +220,7 @@ class RaftNode:
                              snapshot=loaded.snapshot, entries=loaded.entries, applied=self.applied)
         self.transport = Transport(self.ctx, self.id, self.ctx.advertise, self.addresses,
                                    self._on_unreachable, self._on_snapshot_status)
+        self.transport.on_messages = self.step
         if loaded.torn_tail:
             log.warning("recovered: %s", loaded.torn_tail)
         log.info("member %s recovered: term %d, %d entries after snapshot %d, members %s", self.id,
@@ -314,6 +315,8 @@ class RaftNode:
                 if self.applied - self.snapshot_index >= self.opts.snapshot_threshold:
                     await self._take_snapshot()
                 continue
+            if self.transport is not None:
+                self.transport.release_held()
             await self._wake.wait()
 
     async def _handle_ready(self, rd: Ready) -> None:

@@ -36,7 +36,7 @@ from faultlab.nodes.raft.statemachine import (
     StateMachine,
     encode_put,
 )
-from faultlab.nodes.raft.transport import message_from_proto
+from faultlab.nodes.raft.transport import REPLY_METADATA, message_from_proto
 from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 
@@ -252,8 +252,15 @@ class PeerService(pb_grpc.PeerServicer):
     async def Send(self, request: pb.MessageBatch, context: grpc.aio.ServicerContext) -> pb.SendAck:
         node = self.node
         assert node.transport is not None
-        node.transport.learn_address(context.invocation_metadata())
-        node.step([message_from_proto(m) for m in request.messages])
+        transport = node.transport
+        transport.learn_address(context.invocation_metadata())
+        messages = [message_from_proto(m) for m in request.messages]
+        peer = transport.wants_reply(messages)
+        node.step(messages)
+        if peer:
+            reply = await transport.hold(peer)
+            if reply is not None:
+                context.set_trailing_metadata(((REPLY_METADATA, reply),))
         return pb.SendAck()
 
     async def InstallSnapshot(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.SendAck:

@@ -9,6 +9,13 @@ to the core (``report_unreachable``/``report_snapshot``) through callbacks.
 
 Every ``Send`` carries the sender's ``id=host:port`` in ``faultlab-from``
 metadata, so a member that joined with no configuration can answer its leader.
+
+Replies ride on the call that asked: a follower holds a ``Send`` carrying
+appends or heartbeats until its loop has handled them (made them durable) and
+returns its responses to that sender in ``faultlab-reply-bin`` trailing
+metadata (a serialized ``MessageBatch``) instead of a ``Send`` of its own. That
+saves one RPC per follower per batch; a sender that ignores the metadata still
+works, and a reply that misses its call goes out through the queue as before.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("faultlab.raft.transport")
 
 FROM_METADATA = "faultlab-from"
+REPLY_METADATA = "faultlab-reply-bin"
+# How long a follower holds a Send for its own loop to produce the reply (then it acks
+# plainly and the reply goes out through the queue).
+REPLY_HOLD = 1.0
+_REPLY_TYPES = frozenset({MsgType.APP_RESP, MsgType.HEARTBEAT_RESP})
+_ASKS = frozenset({MsgType.APP, MsgType.HEARTBEAT})
 SNAPSHOT_CHUNK = 1 << 20
 MAX_BATCH_BYTES = 8 << 20
 MAX_QUEUED = 20_000
@@ -211,9 +224,13 @@ class PeerLink:
             if self.queue:
                 self.wake.set()
             try:
-                await stub.Send(pb.MessageBatch(messages=batch), timeout=SEND_TIMEOUT,
-                                metadata=self.t.metadata)
+                call = stub.Send(pb.MessageBatch(messages=batch), timeout=SEND_TIMEOUT, metadata=self.t.metadata)
+                await call
                 self.failing_since = 0.0
+                for key, value in await call.trailing_metadata() or ():
+                    if key == REPLY_METADATA and isinstance(value, bytes) and self.t.on_messages is not None:
+                        reply = pb.MessageBatch.FromString(value)
+                        self.t.on_messages([message_from_proto(m) for m in reply.messages])
             except (TimeoutError, grpc.aio.AioRpcError) as exc:
                 if not self.failing_since:
                     self.failing_since = loop.time()
@@ -290,17 +307,66 @@ class Transport:
         self.on_snapshot_status = on_snapshot_status
         self.metadata = ((FROM_METADATA, f"{node_id}={advertise}"),)
         self.links: dict[str, PeerLink] = {}
+        # Replies carried back on a held Send: the node steps them (set by the node).
+        self.on_messages: Callable[[list[Message]], None] | None = None
+        # peer -> the held Send waiting for this member's reply to it.
+        self._held: dict[str, asyncio.Future[list[Message]]] = {}
 
     def address_of(self, peer_id: str) -> str:
         return self.addresses.get(peer_id, "")
 
     def send(self, messages: list[Message]) -> None:
         links = self.links
+        held = self._held
+        if held:
+            rest: list[Message] = []
+            replies: dict[str, list[Message]] = {}
+            for m in messages:
+                fut = held.get(m.to)
+                if fut is not None and m.type in _REPLY_TYPES and not fut.done():
+                    replies.setdefault(m.to, []).append(m)
+                else:
+                    rest.append(m)
+            for peer, ms in replies.items():
+                held.pop(peer).set_result(ms)
+            messages = rest
         for m in messages:
             link = links.get(m.to)
             if link is None:
                 link = links[m.to] = PeerLink(self, m.to)
             link.enqueue(m)
+
+    def wants_reply(self, messages: list[Message]) -> str:
+        """The sender to hold this batch's call for (its reply rides back), or ''."""
+        if not messages:
+            return ""
+        peer = messages[0].frm
+        if peer in self._held or not any(m.type in _ASKS for m in messages):
+            return ""
+        return peer
+
+    async def hold(self, peer: str) -> bytes | None:
+        """Waits for this member's next reply to ``peer`` (its loop handles what was stepped)."""
+        fut: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        self._held[peer] = fut
+        try:
+            messages = await asyncio.wait_for(fut, REPLY_HOLD)
+        except TimeoutError:
+            messages = []
+        finally:
+            if self._held.get(peer) is fut:
+                del self._held[peer]
+        if not messages:
+            return None
+        return pb.MessageBatch(messages=[message_to_proto(m) for m in messages]).SerializeToString()
+
+    def release_held(self) -> None:
+        """The loop has nothing left to do: calls still held get a plain ack."""
+        if self._held:
+            held, self._held = self._held, {}
+            for fut in held.values():
+                if not fut.done():
+                    fut.set_result([])
 
     def learn_address(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> None:
         for key, value in metadata or ():
