@@ -135,7 +135,9 @@ class FaultlabCluster(Cluster):
             launcher = ["-c", UVLOOP_MAIN] if self.uvloop else ["-m", "faultlab.nodes.common.main"]
             cmd = [sys.executable, *launcher, "raft", "--id", mid, "--listen", addr,
                    "--peers", peers, "--data-dir", str(workdir / mid), "--log-level", "WARNING"]
-            self.pids[mid] = self.p.spawn(cmd, workdir / f"{mid}.log").pid
+            # Nodes pick uvloop themselves when it is installed: --uvloop off must say so.
+            env = {**os.environ, "FAULTLAB_UVLOOP": "1" if self.uvloop else "0"}
+            self.pids[mid] = self.p.spawn(cmd, workdir / f"{mid}.log", env=env).pid
         asyncio.run(self._wait())
 
     async def _wait(self) -> None:
