@@ -51,7 +51,7 @@ soak: $(STAMP) ## 100,000 simulation seeds (long)
 
 lint: $(STAMP) ## ruff, mypy on the typed packages, buf (protos), actionlint (workflows), helm lint (chart)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy operator/api nodes/raft/core.py operator/chaos
+	$(VENV)/bin/mypy operator/api nodes/raft/core.py operator/chaos operator/reconcile operator/runtime/kubernetes.py
 	bash tools/buf-lint.sh
 	bash tools/actionlint.sh
 	$(PY) tools/gen_crds.py --check

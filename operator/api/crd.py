@@ -76,8 +76,8 @@ _QUORUM_LIST = ", ".join(f"'{t}'" for t in sorted(QUORUM_FAULTS))
 
 KINDS: dict[str, KindInfo] = {
     "RaftCluster": KindInfo(
-        # `rc` as asked, but kubectl resolves it to the core ReplicationController first; `raft` always works.
-        model=RaftCluster, plural="raftclusters", singular="raftcluster", short_names=["raft", "rc"],
+        # Not `rc`: kubectl resolves that to the core ReplicationController first.
+        model=RaftCluster, plural="raftclusters", singular="raftcluster", short_names=["raft"],
         columns=[
             _column("Replicas", ".spec.replicas", "integer", "Desired voting members."),
             _column("Ready", ".status.readyReplicas", "integer", "Members serving."),

@@ -65,7 +65,7 @@ def test_descriptions_defaults_and_required() -> None:
 
 def test_names_columns_subresources() -> None:
     rc = crd("RaftCluster")["spec"]
-    assert rc["names"]["shortNames"] == ["raft", "rc"] and rc["names"]["categories"] == ["faultlab"]
+    assert rc["names"]["shortNames"] == ["raft"] and rc["names"]["categories"] == ["faultlab"]
     version = rc["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == \
