@@ -396,7 +396,7 @@ class Window(ApiModel):
 
 
 class Schedule(ApiModel):
-    """Run the experiment repeatedly (operator only)."""
+    """Run the experiment repeatedly at cron times (operator and `faultlab chaos run`)."""
 
     cron: str = Field(description="Cron expression (5 fields), e.g. '0 3 * * 1-5'.")
     window: Window | None = Field(default=None, description="Only start runs inside this window.")
@@ -436,7 +436,8 @@ class ChaosExperimentSpec(ApiModel):
     workload: Workload = Field(default_factory=Workload, description="Client load and history recording.")
     checks: list[CheckName] = Field(default_factory=lambda: list(DEFAULT_CHECKS),
                                     description="Checks of the recorded history that decide the verdict.")
-    schedule: Schedule | None = Field(default=None, description="Repeat on a schedule (operator only).")
+    schedule: Schedule | None = Field(default=None,
+                                      description="Repeat on a schedule (operator and `faultlab chaos run`).")
     duration_seconds: float = Field(default=30, gt=0, description="Observation window after the faults start.")
     dry_run: bool = Field(default=False, description="Resolve targets and validate, inject nothing.")
 
@@ -630,6 +631,8 @@ class ChaosExperimentStatus(ApiModel):
     injected_faults: list[InjectedFault] = Field(default_factory=list, description="Faults injected, per member.")
     timeline: list[TimelineEvent] = Field(default_factory=list, description="Events in order.")
     observed_generation: int = Field(default=0, ge=0, description="metadata.generation last acted on.")
+    last_schedule_time: datetime | None = Field(
+        default=None, description="spec.schedule: the cron time last acted on (run or skipped).")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
 
 

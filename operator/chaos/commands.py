@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,8 @@ def _paused_reader(file: Path) -> Any:
 
 async def run_experiment(exp: Any, state_dir: Path, *, seed: int | None = None, runtime: Any = None,
                          paused: Any = None, progress: ProgressView | None = None,
-                         engine_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                         engine_options: dict[str, Any] | None = None,
+                         handle_sigterm: bool = True) -> dict[str, Any]:
     """Resume any interrupted run of this experiment, then run it; returns the report."""
     from faultlab.operator.chaos.engine import Engine, EngineOptions
     from faultlab.operator.runtime.local import LocalRuntime
@@ -138,13 +140,49 @@ async def run_experiment(exp: Any, state_dir: Path, *, seed: int | None = None, 
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        if task is not None:
+        if task is not None and handle_sigterm:
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         return await Engine(exp, runtime, store, opts).run()
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        if handle_sigterm:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+
+def refuse_outside_window(schedule: Any, now: datetime) -> str | None:
+    """--once: why a run may not start now (None: it may)."""
+    from faultlab.operator.chaos.scheduler import in_window, window_opens
+
+    w = schedule.window
+    if in_window(w, now):
+        return None
+    return (f"outside spec.schedule.window ({w.start}-{w.end} {w.timezone}); "
+            f"next allowed time: {window_opens(w, now).isoformat()}")
+
+
+async def run_scheduled(exp: Any, state_dir: Path, *, progress: ProgressView | None = None,
+                        **kwargs: Any) -> None:
+    """spec.schedule: run the experiment at each due cron time until SIGTERM/Ctrl-C (which roll back)."""
+    from faultlab.operator.chaos.scheduler import run_schedule
+
+    async def one() -> None:
+        try:
+            report = await run_experiment(exp, state_dir, progress=progress, handle_sigterm=False, **kwargs)
+            err.print(f"experiment {exp.name}: run finished, verdict {report.get('verdict')} "
+                      f"(`faultlab chaos report {exp.name}`)", soft_wrap=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one failed run does not end the schedule
+            err.print(f"[red]experiment {exp.name}: run failed:[/] {escape(str(exc))}", soft_wrap=True)
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    await run_schedule(exp.spec.schedule, one,
+                       say=lambda m: err.print(f"[dim]{escape(exp.name)}[/] schedule: {escape(m)}", soft_wrap=True))
 
 
 def _exit_code(report: dict[str, Any]) -> int:
@@ -173,11 +211,13 @@ def _state_dir_option(fn: Any) -> Any:
 @click.option("--dry-run", is_flag=True, help="resolve and print the targets, inject nothing")
 @click.option("--ttl-margin", type=float, default=10.0, show_default=True,
               help="seconds added to each fault's remaining duration for the TTL its agent enforces")
+@click.option("--once", is_flag=True, help="with spec.schedule: one run now (ignoring cron), inside the window")
 def run_cmd(file: Path, state_dir: Path, as_json: bool, html_path: Path | None, seed: int | None,
-            dry_run: bool, ttl_margin: float) -> None:
+            dry_run: bool, ttl_margin: float, once: bool) -> None:
     """Run the experiment in FILE against its local target cluster.
 
-    Example: faultlab chaos run -f examples/chaos/leader-partition.yaml
+    With spec.schedule it runs at each cron time inside the window until interrupted
+    (--once: a single run now). Example: faultlab chaos run -f examples/chaos/leader-partition.yaml
     """
     from faultlab.operator.chaos.engine import ExperimentRejected
     from faultlab.operator.runtime.base import RuntimeError_
@@ -185,6 +225,21 @@ def run_cmd(file: Path, state_dir: Path, as_json: bool, html_path: Path | None, 
     exp = _load_experiment(file)
     if dry_run:
         exp.spec.dry_run = True
+    schedule = exp.spec.schedule
+    if schedule is not None and once:
+        refused = refuse_outside_window(schedule, datetime.now(UTC))
+        if refused:
+            _fail(f"experiment {exp.name}: {refused}")
+    elif schedule is not None:
+        with ProgressView(exp.name) as progress:
+            try:
+                asyncio.run(run_scheduled(exp, state_dir, seed=seed, paused=_paused_reader(file),
+                                          progress=progress, engine_options={"ttl_margin_s": ttl_margin}))
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                err.print(f"[yellow]experiment {exp.name}: schedule stopped; any running run was rolled back "
+                          f"(journal: {experiment_dir(state_dir, exp.name) / 'journal.json'})[/]")
+                raise SystemExit(130) from None
+        return
     with ProgressView(exp.name) as progress:
         try:
             report = asyncio.run(run_experiment(exp, state_dir, seed=seed, paused=_paused_reader(file),

@@ -18,7 +18,7 @@ from croniter import croniter
 
 from faultlab.operator.api.chaos import Schedule, Window
 
-__all__ = ["Decision", "Scheduler", "decide", "in_window", "next_run"]
+__all__ = ["Decision", "Scheduler", "decide", "in_window", "next_run", "run_schedule", "window_opens"]
 
 
 def _hhmm(value: str) -> time:
@@ -47,6 +47,18 @@ def next_run(schedule: Schedule, after: datetime, limit: int = 10_000) -> dateti
         if in_window(schedule.window, candidate):
             return candidate
     return None
+
+
+def window_opens(window: Window | None, after: datetime) -> datetime:
+    """`after` if it is inside the window, else the first minute after it that is."""
+    if in_window(window, after):
+        return after
+    t = after.replace(second=0, microsecond=0)
+    for _ in range(2 * 24 * 60):
+        t += timedelta(minutes=1)
+        if in_window(window, t):
+            return t
+    return t  # unreachable: every window is open at some minute of the day
 
 
 @dataclass(frozen=True)
@@ -117,3 +129,42 @@ class Scheduler:
                 await asyncio.wait_for(self._stop.wait(), poll_s)
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
+
+
+async def run_schedule(schedule: Schedule, start: Callable[[], Awaitable[object]], *,
+                       clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                       sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                       say: Callable[[str], None] = print, poll_s: float = 1.0) -> None:
+    """Start a run at each due cron time until cancelled; cancelling cancels (rolls back) the running run.
+
+    One run at a time: a due time while a run is going is skipped (and said), whatever the policy,
+    because an experiment has one journal; missed times collapse into one run, as in :func:`decide`.
+    """
+    last = clock()
+    running: asyncio.Task[object] | None = None
+    told: datetime | None = None
+    try:
+        while True:
+            now = clock()
+            busy = running is not None and not running.done()
+            d = decide(schedule, now, last, busy, created=last)
+            if d.scheduled_for is not None:
+                last = d.scheduled_for
+                if d.run and not busy:
+                    say(f"run {d.reason}")
+                    running = asyncio.ensure_future(start())
+                elif d.run:
+                    say(f"{d.scheduled_for.isoformat()} skipped: the previous run is still going "
+                        f"(one run at a time per experiment)")
+                else:
+                    say(d.reason)
+            if d.next_at != told:
+                told = d.next_at
+                say(f"next run at {told.isoformat()}" if told else "no further run time in the window")
+            wait = poll_s if d.next_at is None else min(poll_s, max(0.0, (d.next_at - now).total_seconds()))
+            await sleep(wait)
+    finally:
+        if running is not None and not running.done():
+            running.cancel()
+            with contextlib.suppress(BaseException):
+                await running

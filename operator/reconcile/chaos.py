@@ -15,12 +15,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from faultlab.operator.api import ChaosExperiment
+from faultlab.operator.api import ChaosExperiment, Schedule
 from faultlab.operator.chaos.engine import Engine, EngineOptions
 from faultlab.operator.chaos.journal import Event, ExperimentState, FaultStatus
+from faultlab.operator.chaos.scheduler import decide, in_window
 from faultlab.operator.reconcile import builders as b
 from faultlab.operator.reconcile.events import EventRecorder
 from faultlab.operator.reconcile.kube import JSON, ApiError, Kube, path
@@ -34,6 +36,7 @@ PHASE_REASONS = {"SteadyStateCheck": "CheckingSteadyState", "Injecting": "Inject
                  "RollingBack": "RollingBack", "Verifying": "Verifying", "Checking": "CheckingHistory",
                  "Completed": "Completed", "Aborted": "Aborted", "Failed": "Failed", "DryRun": "DryRun",
                  "Pending": "Validating"}
+SCHEDULE_EVERY_S = 5.0  # how often a scheduled experiment's daemon asks decide()
 
 
 def iso(ts: float | None) -> str | None:
@@ -154,6 +157,44 @@ def status_from_report(report: JSON) -> JSON:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+@dataclass(frozen=True)
+class ScheduleStep:
+    """What a scheduled experiment's reconcile does now: start a run or not, the Event, what to record."""
+
+    start: bool
+    reason: str | None  # Event reason: Scheduled, SkippedOutsideWindow, SkippedConcurrent (None: nothing due)
+    message: str
+    record: datetime | None  # new status.lastScheduleTime (None: unchanged)
+
+
+def schedule_step(schedule: Schedule, now: datetime, last_scheduled: datetime | None, running: bool,
+                  created: datetime | None) -> ScheduleStep:
+    """The decision glue: :func:`decide` plus the operator's rule of one run at a time per experiment.
+
+    Every due cron time is recorded as lastScheduleTime whether it ran or was skipped, so it is acted on once.
+    Under Allow a due time while a run is going is skipped too: the experiment's status holds one journal.
+    """
+    d = decide(schedule, now, last_scheduled, running, created=created)
+    nxt = f"; next run at {d.next_at.isoformat()}" if d.next_at else ""
+    if d.scheduled_for is None:
+        return ScheduleStep(False, None, d.reason + nxt, None)
+    due = d.scheduled_for.isoformat()
+    if not in_window(schedule.window, d.scheduled_for):
+        w = schedule.window
+        where = f"{w.start}-{w.end} {w.timezone}" if w else ""
+        return ScheduleStep(False, "SkippedOutsideWindow", f"{due} is outside spec.schedule.window ({where}){nxt}",
+                            d.scheduled_for)
+    if running:
+        return ScheduleStep(False, "SkippedConcurrent", f"{due} skipped: the previous run is still going "
+                            f"(concurrencyPolicy {schedule.concurrency_policy}; one run at a time){nxt}",
+                            d.scheduled_for)
+    return ScheduleStep(True, "Scheduled", f"run for {due} started{nxt}", d.scheduled_for)
+
+
 class ExperimentRun:
     """One engine run (or resume) on a thread of its own, cancellable from kopf's loop."""
 
@@ -257,30 +298,84 @@ class ChaosController:
         finished = status.get("phase") in TERMINAL and journal.get("phase", status.get("phase")) in TERMINAL
         outstanding = [f for f in journal.get("faults", []) if f.get("status") not in
                        (FaultStatus.RECOVERED.value, FaultStatus.FAILED.value)]
-        if finished and not outstanding:
+        scheduled = bool((body.get("spec") or {}).get("schedule"))
+        if finished and not outstanding and not scheduled:
             return
         if not await self._wait_finalizer(body, stopped):
             if not stopped:
                 await self.events.post(dict(body), "NoFinalizer", "the finalizer did not appear within 30s; not "
                                        "injecting anything", warning=True)
             return
+        if scheduled:
+            await self._scheduled(body, namespace, name, stopped, resume=bool(journal) and
+                                  (not finished or bool(outstanding)))
+            return
+        run, restarts = self._start(body, namespace, name, resume_only=finished)
+        try:
+            while not run.done.is_set():
+                if not await self._watch(run, restarts, body, stopped):
+                    break
+            await asyncio.to_thread(run.done.wait)
+        finally:
+            self.runs.pop((namespace, name), None)
+
+    def _start(self, body: Any, namespace: str, name: str, resume_only: bool) -> tuple[ExperimentRun, _PodRestarts]:
         snapshot = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                     "metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {})}
         run = ExperimentRun(self.kube, self.events, snapshot)
-        thread = threading.Thread(target=run.run, kwargs={"resume_only": finished}, daemon=True,
+        thread = threading.Thread(target=run.run, kwargs={"resume_only": resume_only}, daemon=True,
                                   name=f"chaos-{namespace}-{name}")
         self.runs[(namespace, name)] = (run, thread)
         thread.start()
-        restarts = _PodRestarts(self.kube, namespace, snapshot)
+        return run, _PodRestarts(self.kube, namespace, snapshot)
+
+    async def _watch(self, run: ExperimentRun, restarts: _PodRestarts, body: Any, stopped: Any) -> bool:
+        """One half-second of watching a run (pause flag, pod restarts); False once the daemon is stopped."""
+        run.paused = bool((body.get("spec") or {}).get("paused", False))
+        if stopped:
+            run.cancel.set()
+            return False
+        await restarts.check(self.events)
+        await stopped.wait(0.5)
+        return True
+
+    async def _scheduled(self, body: Any, namespace: str, name: str, stopped: Any, resume: bool) -> None:
+        """spec.schedule: every SCHEDULE_EVERY_S ask schedule_step(); start a fresh run (journal reset) when due."""
+        meta = body["metadata"]
+        last = parse_time((body.get("status") or {}).get("lastScheduleTime"))
+        created = parse_time(meta.get("creationTimestamp"))
+        status_path = path("ChaosExperiment", namespace, name, "status")
+        run: tuple[ExperimentRun, _PodRestarts] | None = None
+        if resume:  # an interrupted run (operator restart) is finished first
+            run = self._start(body, namespace, name, resume_only=True)
+        next_check = 0.0
         try:
-            while not run.done.is_set():
-                run.paused = bool((body.get("spec") or {}).get("paused", False))
+            while not stopped and (body.get("spec") or {}).get("schedule"):
+                running = run is not None and not run[0].done.is_set()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + SCHEDULE_EVERY_S
+                    schedule = Schedule.model_validate(body["spec"]["schedule"])
+                    step = schedule_step(schedule, datetime.now(UTC), last, running, created)
+                    if step.record is not None:
+                        last = step.record
+                        patch: JSON = {"lastScheduleTime": step.record.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                        if step.start:
+                            patch["journal"] = None  # a new run; the last result stays until it finishes
+                        await asyncio.to_thread(self.kube.patch, status_path, {"status": patch})
+                    if step.reason:
+                        await self.events.post(dict(body), step.reason, step.message,
+                                               warning=step.reason != "Scheduled")
+                    if step.start:
+                        run = self._start(body, namespace, name, resume_only=False)
+                        running = True
+                if running and run is not None:
+                    await self._watch(run[0], run[1], body, stopped)
+                else:
+                    await stopped.wait(0.5)
+            if run is not None:
                 if stopped:
-                    run.cancel.set()
-                    break
-                await restarts.check(self.events)
-                await stopped.wait(0.5)
-            await asyncio.to_thread(run.done.wait)
+                    run[0].cancel.set()
+                await asyncio.to_thread(run[0].done.wait)
         finally:
             self.runs.pop((namespace, name), None)
 
