@@ -8,6 +8,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from faultlab.operator.api import Schedule
@@ -131,3 +132,46 @@ def test_operator_schedule_step() -> None:
     assert "spec.schedule.window" in out.message
     first = schedule_step(s, at(10, 5), None, running=False, created=at(10, 1))
     assert not first.start, "a new experiment waits for its first cron time after creation"
+
+
+def test_operator_daemon_starts_a_due_run_with_a_fresh_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduled daemon loop with a fake API: records lastScheduleTime, resets the journal, posts Scheduled."""
+    from faultlab.operator.reconcile import chaos as c
+
+    patches: list[object] = []
+    posted: list[str] = []
+    runs: list[bool] = []
+
+    class Kube:
+        def patch(self, p: str, body: object) -> None:
+            patches.append(body)
+
+        def list(self, *a: object, **k: object) -> list[object]:
+            return []
+
+    class Events:
+        async def post(self, obj: object, reason: str, message: str, warning: bool = False) -> None:
+            posted.append(reason)
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return bool(runs)  # stop once a run was started
+
+        async def wait(self, timeout: float) -> None:
+            await asyncio.sleep(0)
+
+    def fake_run(self: c.ExperimentRun, resume_only: bool = False) -> None:
+        runs.append(resume_only)
+        self.done.set()
+
+    monkeypatch.setattr(c.ExperimentRun, "run", fake_run)
+    created = (datetime.now(UTC) - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {"apiVersion": "faultlab.dev/v1alpha1", "kind": "ChaosExperiment",
+            "metadata": {"name": "x", "namespace": "d", "creationTimestamp": created, "finalizers": ["f"]},
+            "spec": {"schedule": {"cron": "* * * * *"}, "target": {"name": "t"}}, "status": {}}
+    ctl = c.ChaosController(Kube(), Events(), "f")  # type: ignore[arg-type]
+    asyncio.run(ctl.daemon(body, "d", "x", Stopped()))
+    assert runs == [False] and posted == ["Scheduled"]
+    assert len(patches) == 1
+    status = patches[0]["status"]  # type: ignore[index]
+    assert status["journal"] is None and status["lastScheduleTime"].endswith(":00Z")
