@@ -346,12 +346,7 @@ class Engine:
         assert self.view is not None
         self._statuses = await self.view.statuses()
         plan = self._plan_all(self._candidates())
-        self.st.plan = [_step_dict(s) for s in plan]
-        for step in plan:
-            self._event("plan", f"step {step.step}: " + "; ".join(
-                f"{f.name} ({f.type}) -> {', '.join(f.targets) or 'nobody'}" for f in step.faults),
-                step=step.step, targets={f.name: f.targets for f in step.faults})
-        self._save()
+        self._record_plan(plan)
         if self.spec.dry_run:
             self.st.message = "dry run: nothing injected"
             self._phase(Phase.DRY_RUN, self.st.message)
@@ -381,6 +376,14 @@ class Engine:
             await self._stop_workload()
             return
 
+        # Roles may have moved while steady state was checked (an election): target who holds them now.
+        self._statuses = await self.view.statuses()
+        replanned = self._plan_all(self._candidates())
+        if [_step_dict(s) for s in replanned] != self.st.plan:
+            self._event("replan", "roles changed before injection; targets resolved again")
+            self._record_plan(replanned)
+            plan = replanned
+
         self._t0 = time.time()
         self.st.injection_started_at = self._t0
         self._phase(Phase.INJECTING)
@@ -390,6 +393,14 @@ class Engine:
         await self._stop_workload()
         await self._checks()
         self._phase(Phase.COMPLETED)
+
+    def _record_plan(self, plan: list[StepPlan]) -> None:
+        self.st.plan = [_step_dict(s) for s in plan]
+        for step in plan:
+            self._event("plan", f"step {step.step}: " + "; ".join(
+                f"{f.name} ({f.type}) -> {', '.join(f.targets) or 'nobody'}" for f in step.faults),
+                step=step.step, targets={f.name: f.targets for f in step.faults})
+        self._save()
 
     def _validate_faults(self) -> None:
         for i, f in enumerate(self.spec.faults):

@@ -210,3 +210,20 @@ def test_bad_fault_params_are_rejected_before_injection() -> None:
     assert report["verdict"] == "Failed" and "nothing injected" in report["message"]
     assert "spec.faults[0] (c).params" in report["message"]
     assert not any(a.calls for a in rt.agents.values())
+
+
+def test_role_targets_are_resolved_again_after_the_steady_state_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+
+    async def statuses(self: ClusterView) -> dict[str, MemberStatus | None]:
+        calls["n"] += 1
+        leader = "n1" if calls["n"] == 1 else "n2"  # an election between planning and injection
+        return {m: MemberStatus(m, "leader" if m == leader else "follower", 1, leader) for m in sorted(self.members)}
+
+    monkeypatch.setattr(ClusterView, "statuses", statuses)
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, _ = run(doc([{"name": "slow", "type": "delay", "params": {"latencyMs": 5},
+                          "target": {"role": "leader"}}]), rt)
+    assert [f["member"] for f in report["faults"]] == ["n2"], "the fault goes to the leader at injection time"
+    assert any(e["kind"] == "replan" for e in report["timeline"])
+    assert report["plan"][0]["faults"][0]["targets"] == ["n2"]
