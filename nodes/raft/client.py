@@ -127,6 +127,18 @@ class RaftClient:
     def _address(self, member: str) -> str:
         return self.members.get(member, member)
 
+    def _hint_address(self, exc: grpc.aio.AioRpcError) -> str | None:
+        """Where a redirect points: the address this client knows for the leader's id first.
+
+        The member's own address (a cluster DNS name on Kubernetes) may not resolve
+        where the client runs; an address given for that id when the client was built does.
+        """
+        hint = _leader_hint(exc)
+        if hint is None:
+            return None
+        leader_id, address = hint
+        return self.members.get(leader_id) or address or None
+
     def _next_address(self) -> str:
         self._rr = (self._rr + 1) % len(self.addresses)
         return self.addresses[self._rr]
@@ -168,7 +180,7 @@ class RaftClient:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
-                    hint = _leader_hint(exc)
+                    hint = self._hint_address(exc)
                     if hint is None:
                         raise FailedPrecondition(exc.details()) from None
                     self.leader = hint if hint != address else None
@@ -333,12 +345,13 @@ class _Retry(Exception):
     pass
 
 
-def _leader_hint(exc: grpc.aio.AioRpcError) -> str | None:
+def _leader_hint(exc: grpc.aio.AioRpcError) -> tuple[str, str] | None:
+    """(leader id, leader address) from ``faultlab-leader: id=host:port``, or None."""
     for key, value in exc.trailing_metadata() or ():
         if key == LEADER_METADATA:
             text = value.decode() if isinstance(value, bytes) else value
-            _, _, address = text.partition("=")
-            return address or None
+            leader_id, _, address = text.partition("=")
+            return (leader_id, address) if address or leader_id else None
     return None
 
 

@@ -128,3 +128,17 @@ def test_scheduling_passes_through() -> None:
     spec = b.member_pod(rc, OWNER, "n1", ["n1"], join=False)["spec"]
     assert spec["nodeSelector"] == {"disk": "ssd"}
     assert spec["tolerations"] == [{"key": "k", "operator": "Exists"}]
+
+
+def test_example_spread_constraint_selects_the_pods_it_spreads() -> None:
+    import pathlib
+
+    import yaml
+
+    doc = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples" / "raft-cluster.yaml").read_text())
+    rc = RaftCluster.model_validate(doc)
+    owner = b.Owner(name=doc["metadata"]["name"], namespace="default", uid="1")
+    labels = b.member_pod(rc, owner, "n1", ["n1", "n2", "n3"], join=False)["metadata"]["labels"]
+    for c in doc["spec"]["scheduling"]["topologySpreadConstraints"]:
+        wanted = c["labelSelector"]["matchLabels"]
+        assert wanted.items() <= labels.items(), f"{wanted} matches no member pod (labels {labels})"

@@ -65,6 +65,26 @@ async def test_follows_leader_redirect(servers: list[tuple[str, ScriptedKV]]) ->
     assert len(b.calls) == 2
 
 
+async def test_redirect_uses_the_address_the_client_knows_for_the_leader_id(
+        servers: list[tuple[str, ScriptedKV]]) -> None:
+    (a_addr, a), (b_addr, b) = servers
+    # The member advertises a name only its cluster resolves (as a pod's DNS name on Kubernetes).
+    a.script = lambda req, ctx: (grpc.StatusCode.FAILED_PRECONDITION, "not the leader",
+                                 (("faultlab-leader", "n2=n2.demo.default.svc:7000"),))
+    async with RaftClient({"n1": a_addr, "n2": b_addr}, timeout=3.0) as client:
+        await client.put("k", "v")
+    assert len(b.calls) == 1 and len(a.calls) == 1, "the redirect went straight to n2's known address"
+
+    class Redirect:
+        def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("faultlab-leader", "n2=n2.demo.default.svc:7000"),)
+
+    known = RaftClient({"n1": a_addr, "n2": b_addr})
+    assert known._hint_address(Redirect()) == b_addr  # type: ignore[arg-type]
+    unknown = RaftClient([a_addr])
+    assert unknown._hint_address(Redirect()) == "n2.demo.default.svc:7000"  # type: ignore[arg-type]
+
+
 async def test_retries_unavailable_with_the_same_session(servers: list[tuple[str, ScriptedKV]]) -> None:
     (addr, kv), _ = servers
     failures = iter([True, True, False, False])
