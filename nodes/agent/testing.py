@@ -7,8 +7,8 @@ through its (faultable) peer channel and reports each call, `Stats` returns coun
 the node's clock and the ENOSPC flag.
 
 Run: `python -m faultlab.nodes.agent.testing --id a --listen 127.0.0.1:7001
---peers a=127.0.0.1:7001,b=127.0.0.1:7002 --data-dir /tmp/a --agent-token secret`
-(or `faultlab-node echo ...`).
+--peers a=127.0.0.1:7001,b=127.0.0.1:7002 --data-dir /tmp/a` with the agent token in
+`FAULTLAB_AGENT_TOKEN` (or `faultlab-node echo ...`).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--peers", default="")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--agent-token", default="")
+    parser.add_argument("--agent-token", default=os.environ.get("FAULTLAB_AGENT_TOKEN", ""))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -177,8 +177,8 @@ class EchoProcess:
         log = open(self.data_dir.parent / f"{self.node_id}.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faultlab.nodes.agent.testing", "--id", self.node_id, "--listen", self.address,
-             "--peers", peers, "--data-dir", str(self.data_dir), "--agent-token", self.token],
-            stdout=log, stderr=subprocess.STDOUT)
+             "--peers", peers, "--data-dir", str(self.data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "FAULTLAB_AGENT_TOKEN": self.token})
         log.close()
         return self
 

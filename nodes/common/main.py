@@ -2,6 +2,10 @@
 
 Every flag can also come from a `FAULTLAB_<FLAG>` environment variable
 (`--data-dir` <- `FAULTLAB_DATA_DIR`), which is how pods set them.
+
+The agent token is a secret: pass it as `FAULTLAB_AGENT_TOKEN` or in a file named by
+`--agent-token-file`, never as `--agent-token` on a shared host, where every local user
+reads command lines through `ps` and /proc/PID/cmdline.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics-listen", default=env_default("metrics_listen"),
                        help="host:port for Prometheus metrics; empty disables (FAULTLAB_METRICS_LISTEN)")
         p.add_argument("--agent-token", default=env_default("agent_token"),
-                       help="token the fault agent requires; empty disables the agent (FAULTLAB_AGENT_TOKEN)")
+                       help="token the fault agent requires; empty disables the agent (FAULTLAB_AGENT_TOKEN; "
+                            "on the command line it is visible to every local user)")
+        p.add_argument("--agent-token-file", default=env_default("agent_token_file"),
+                       help="read the agent token from this file instead (FAULTLAB_AGENT_TOKEN_FILE)")
         p.add_argument("--log-level", default=env_default("log_level", "INFO"))
         module = importlib.import_module(module_name)
         if hasattr(module, "add_arguments"):
@@ -59,13 +66,15 @@ def main(argv: list[str] | None = None) -> None:
         peers = parse_peers(args.peers)
     except ValueError as exc:
         sys.exit(f"faultlab-node: {exc}")
-    known = {"kind", "id", "listen", "advertise", "peers", "data_dir", "metrics_listen", "agent_token", "log_level"}
+    token = agent_token(args.agent_token, args.agent_token_file)
+    known = {"kind", "id", "listen", "advertise", "peers", "data_dir", "metrics_listen", "agent_token",
+             "agent_token_file", "log_level"}
     options = {k: v for k, v in vars(args).items() if k not in known}
     module = importlib.import_module(KINDS[args.kind])
 
     async def run() -> None:
         ctx = NodeContext(kind=args.kind, node_id=args.id, listen=args.listen, advertise=args.advertise,
-                          peers=peers, data_dir=Path(args.data_dir), agent_token=args.agent_token,
+                          peers=peers, data_dir=Path(args.data_dir), agent_token=token,
                           metrics_listen=args.metrics_listen, options=options)
         await module.serve(ctx)
 
@@ -74,6 +83,25 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+
+
+def agent_token(token: str, token_file: str) -> str:
+    """The agent token from --agent-token or --agent-token-file (exits with a message on a bad file)."""
+    if token and token_file:
+        sys.exit("faultlab-node: give --agent-token or --agent-token-file (or their FAULTLAB_ variables), not both")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            sys.exit(f"faultlab-node: --agent-token-file {token_file}: cannot read it ({exc.strerror})")
+        if not token:
+            sys.exit(f"faultlab-node: --agent-token-file {token_file} is empty; write the token into it "
+                     f"or leave the flag out to disable the fault agent")
+    elif token and token != env_default("agent_token"):
+        logging.getLogger("faultlab.node").warning(
+            "--agent-token on the command line is readable by every local user (ps, /proc/PID/cmdline); "
+            "pass FAULTLAB_AGENT_TOKEN or --agent-token-file instead")
+    return token
 
 
 def _install_fast_loop() -> None:

@@ -3,7 +3,8 @@
 Layout under the state directory (default `.faultlab/`):
 
     <cluster>/cluster.json        members, addresses, supervisor pids, spec (written atomically)
-    <cluster>/agent-token         the FaultAgent token (0600)
+    <cluster>/agent-token         the FaultAgent token (0600); nodes read it through
+                                  --agent-token-file, so no command line carries it
     <cluster>/<member>/           the member's data directory
     <cluster>/<member>.log        its log (node output and supervisor notes)
     <cluster>/<member>.state.json its supervisor's record: the node's current pid, restarts
@@ -356,10 +357,10 @@ class LocalRuntime:
         cdir.mkdir(parents=True, exist_ok=True)
         os.chmod(cdir, 0o700)
 
-        token = ""
+        token_args: list[str] = []
         if cluster.spec.agent.enabled:
-            token = secrets.token_hex(32)
-            _write_atomic(cdir / TOKEN_FILE, token + "\n", mode=0o600)
+            _write_atomic(cdir / TOKEN_FILE, secrets.token_hex(32) + "\n", mode=0o600)
+            token_args = ["--agent-token-file", str(cdir / TOKEN_FILE)]
 
         taken = self._ports_in_use()
         members: list[MemberRecord] = []
@@ -394,7 +395,7 @@ class LocalRuntime:
                 with contextlib.suppress(FileNotFoundError):
                     Path(m.state_file).unlink()
                 node_cmd = [sys.executable, "-m", NODE_MODULE, "raft", "--id", m.id, "--listen", m.address,
-                            "--peers", peers, "--data-dir", m.data_dir, f"--agent-token={token}", *extra]
+                            "--peers", peers, "--data-dir", m.data_dir, *token_args, *extra]
                 m.supervisor_pid = self._spawn_supervisor(m, node_cmd)
             self._save(state)
             await self.wait_for_leader(name, timeout_s, fail_on_restart=True, all_ready=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from faultlab.nodes.agent.client import AgentClient
 from faultlab.operator.api import RaftCluster, load_one
 from faultlab.operator.cli import cli
 from faultlab.operator.runtime import local
@@ -66,6 +67,44 @@ async def test_up_elects_a_leader_and_reports_status(cluster: tuple[LocalRuntime
     # `up` again with the same spec is a no-op returning the same members
     again = await runtime.up(load_one(EXAMPLE, RaftCluster), timeout_s=UP_TIMEOUT_S)
     assert [(m.id, m.address, m.process) for m in again] == [(m.id, m.address, m.process) for m in members]
+
+
+def command_lines_with(needle: str) -> dict[int, str]:
+    """Every process on the host whose command line contains `needle` (what `ps` shows any user)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # exited meanwhile
+            if needle.encode() in cmd:
+                found[int(entry.name)] = cmd.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+async def test_the_agent_token_is_on_no_command_line(cluster: tuple[LocalRuntime, list[Member]]) -> None:
+    runtime, members = cluster
+    token = await runtime.agent_token(TARGET)
+    assert len(token) >= 32
+    pids = all_pids(runtime, "demo")
+    assert len(pids) == 6 and all(pid_alive(p) for p in pids)
+    assert all(Path(f"/proc/{p}/cmdline").read_bytes() for p in pids), "every supervisor and node is readable"
+    assert command_lines_with(token) == {}
+    # the nodes did get the token: every agent accepts it
+    for m in members:
+        async with AgentClient(m.address, token) as client:
+            assert (await client.list()).node_id == m.id
+    # and a node the supervisor restarts reads it again, still off its command line
+    victim = members[0]
+    old = runtime.node_pid(TARGET, victim.id)
+    await runtime.kill(TARGET, victim)
+    assert await runtime.wait_running(TARGET, victim, timeout_s=30)
+    assert runtime.node_pid(TARGET, victim.id) != old
+    assert command_lines_with(token) == {}
+    async with AgentClient(victim.address, token) as client:
+        assert (await client.list()).node_id == victim.id
 
 
 async def test_kill_restarts_the_member_with_a_new_pid(cluster: tuple[LocalRuntime, list[Member]]) -> None:

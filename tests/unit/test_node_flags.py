@@ -1,0 +1,36 @@
+"""`faultlab-node` flags: where the agent token comes from (never needed on the command line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faultlab.nodes.common.main import agent_token, build_parser
+
+
+def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "agent-token"
+    path.write_text("s3cret\n")
+    assert agent_token("", str(path)) == "s3cret"
+
+
+def test_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULTLAB_AGENT_TOKEN", "from-env")
+    args = build_parser().parse_args(["raft", "--id", "n1", "--data-dir", "/tmp/x"])
+    assert agent_token(args.agent_token, args.agent_token_file) == "from-env"
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "cannot read it"), ("\n", "is empty")])
+def test_bad_token_file_is_an_error_naming_it(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "agent-token"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        agent_token("", str(path))
+    assert str(path) in str(exc.value) and message in str(exc.value)
+
+
+def test_token_and_token_file_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="not both"):
+        agent_token("a", str(tmp_path / "agent-token"))
