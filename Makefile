@@ -11,7 +11,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider
 SIM_SEEDS ?= 500
 
 .PHONY: help venv demo test test-unit test-sim test-integration test-k8s test-e2e lint protos protos-check \
-        crds bench bench-raft soak clean
+        crds docs bench bench-raft soak clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n",$$1,$$2}'
@@ -56,6 +56,7 @@ lint: $(STAMP) ## ruff, mypy on the typed packages, buf (protos), actionlint (wo
 	bash tools/actionlint.sh
 	$(PY) tools/gen_crds.py --check
 	$(PY) tools/sync_chart.py --check
+	$(PY) tools/gen_docs.py --check
 	"$$(bash tools/k8s/build.sh | tail -n1)/helm" lint --strict helm/faultlab
 
 protos: $(STAMP) ## regenerate Python code from protos/*.proto
@@ -64,6 +65,9 @@ protos: $(STAMP) ## regenerate Python code from protos/*.proto
 crds: $(STAMP) ## regenerate crds/ from operator/api and copy them (and deploy/rbac rules) into the chart
 	$(PY) tools/gen_crds.py
 	$(PY) tools/sync_chart.py
+
+docs: $(STAMP) ## regenerate docs/chaos-reference.md from the ChaosExperiment models
+	$(PY) tools/gen_docs.py
 
 protos-check: $(STAMP) ## fail if generated protos are stale
 	$(PY) tools/gen_protos.py --check
