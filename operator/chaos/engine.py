@@ -74,7 +74,7 @@ from faultlab.operator.chaos.selection import (
     target_count,
 )
 from faultlab.operator.chaos.workload import Workload, WorkloadConfig
-from faultlab.operator.runtime.base import Member, Runtime, TargetRef
+from faultlab.operator.runtime.base import Member, Runtime, RuntimeError_, TargetRef
 from faultlab.protos.agent.v1 import agent_pb2 as pb
 
 __all__ = ["AgentLike", "Engine", "EngineOptions", "ExperimentRejected"]
@@ -220,6 +220,7 @@ class Engine:
         self._latest: dict[str, ProbeResult] = {}
         self._gen: dict[tuple[int, str, bool], int] = {}
         self._done_one_shot: set[tuple[int, str]] = set()
+        self._refused: set[tuple[int, str, bool]] = set()  # slots refused in their current window: no retry
         self._step: StepPlan | None = None
         self._t0: float | None = None
         self._stopping = False
@@ -649,6 +650,8 @@ class Engine:
             self._event("step", f"rollout stopped before step {k}: {'; '.join(problems)}")
             return None
         self.st.step = k
+        if k < len(self.st.plan):
+            self.st.plan[k] = _step_dict(step)  # targets resolved now, which the verdict holds the run to
         hold = self.spec.rollout.steps[k - 1].hold_seconds if self.spec.rollout else 0.0
         self._event("step", f"rollout step {k}: steady state held {hold:g}s; widening to "
                             f"{', '.join(sorted(step.targets()))}", step=k)
@@ -707,6 +710,7 @@ class Engine:
                 continue
             active[(rec.fault_index, rec.member, rec.primary)] = rec
         want = {(s.fault, s.member, s.primary): s for s in desired}
+        self._refused &= set(want)
         removals = []
         for key, rec in active.items():
             slot = want.get(key)
@@ -716,7 +720,7 @@ class Engine:
             await asyncio.gather(*(self._recover(r) for r in removals))
         for key, slot in sorted(want.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2])):
             rec = active.get(key)
-            if rec is not None and rec not in removals:
+            if (rec is not None and rec not in removals) or key in self._refused:
                 continue
             f = self.spec.faults[slot.fault]
             if f.type in ONE_SHOT_FAULTS:
@@ -776,11 +780,17 @@ class Engine:
             refused = isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
                 grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+            # A runtime that refuses a kill (no running process: the member is restarting) did nothing. A
+            # refused pause stays INJECTING: the signal may have gone out, and rollback's resume is harmless.
+            refused = refused or (mechanism == "kill" and isinstance(exc, RuntimeError_))
             detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             if refused:
                 rec.status = FaultStatus.FAILED
+                self._refused.add((slot.fault, slot.member, slot.primary))
             rec.detail = f"inject failed: {detail}"
-            self._event("error", f"could not inject {what}: {detail}", fault=fid, member=slot.member)
+            self._event("error", f"could not inject {what}: {detail}" + (
+                " (refused; not retried in this window)" if refused else " (outcome unknown)"),
+                fault=fid, member=slot.member)
             self._save()
             return
         rec.status = FaultStatus.ACTIVE
@@ -863,7 +873,8 @@ class Engine:
         self._restarts_checked = now
         by_member: dict[str, list[FaultRecord]] = {}
         for rec in self.st.outstanding():
-            if rec.mechanism == "agent" and rec.type not in ONE_SHOT_FAULTS and rec.status == FaultStatus.ACTIVE:
+            if rec.mechanism == "agent" and rec.type not in ONE_SHOT_FAULTS and rec.status in (
+                    FaultStatus.ACTIVE, FaultStatus.INJECTING):
                 by_member.setdefault(rec.member, []).append(rec)
         for member, recs in by_member.items():
             listing = await self._agent_list(member)
@@ -871,6 +882,15 @@ class Engine:
                 continue
             held = {a.fault.id for a in listing.faults}
             for rec in recs:
+                if rec.status == FaultStatus.INJECTING:
+                    # Inject failed with an unknown outcome: the agent's List tells whether it took effect.
+                    if rec.id in held and rec.agent_started_at in (None, listing.started_at):
+                        rec.status = FaultStatus.ACTIVE
+                        rec.injected_at = now
+                        self._event("inject", f"{rec.fault_name} ({rec.type}) on {member} is in effect after all "
+                                              f"(the agent lists it)", fault=rec.id, member=member, type=rec.type,
+                                    name=rec.fault_name, primary=rec.primary)
+                    continue
                 if rec.agent_started_at is not None and listing.started_at != rec.agent_started_at:
                     rec.status = FaultStatus.RECOVERED
                     rec.recovered_at = now
@@ -1066,7 +1086,65 @@ class Engine:
         if self.view is not None:
             await self.view.close()
 
+    def _not_in_effect(self) -> list[str]:
+        """Planned faults that never became active on a member they were aimed at, each saying why.
+
+        Planned means: a target of a rollout step the run reached (or the mirror side of a partition it
+        tried). A fault that was active at any moment counts as in effect, even if a pause or a restart
+        later cut it short.
+        """
+        st = self.st
+        if st.injection_started_at is None:
+            return []
+        names = [f.name for f in self.spec.faults]
+        records: dict[tuple[int, str, bool], list[FaultRecord]] = {}
+        for rec in st.faults:
+            records.setdefault((rec.fault_index, rec.member, rec.primary), []).append(rec)
+        planned: dict[tuple[int, str, bool], None] = {}
+        for step in st.plan[: max(st.step, 0) + 1]:
+            for pf in step.get("faults", []):
+                if pf.get("name") in names:
+                    for member in pf.get("targets", []):
+                        planned[(names.index(pf["name"]), member, True)] = None
+        out = []
+        for key in sorted({**planned, **dict.fromkeys(records)}, key=lambda k: (k[0], k[1], not k[2])):
+            recs = records.get(key, [])
+            if any(r.injected_at is not None for r in recs):
+                continue
+            index, member, primary = key
+            fault = self.spec.faults[index]
+            if recs:
+                last = recs[-1]
+                why = last.detail or "no answer from the agent"
+                if last.status == FaultStatus.FAILED:
+                    why = f"refused: {why.removeprefix('inject failed: ')}"
+                else:
+                    why = f"not confirmed active ({why})"
+            else:
+                why = self._why_not_attempted(fault)
+            side = "" if primary else " (the mirror side of the partition)"
+            out.append(f"{fault.name} ({fault.type}) on {member}{side} never became active: {why}")
+        return out
+
+    def _why_not_attempted(self, fault: Any) -> str:
+        if fault.start_after_seconds >= self.spec.duration_seconds:
+            return (f"its window opens at startAfterSeconds {fault.start_after_seconds:g}, after durationSeconds "
+                    f"{self.spec.duration_seconds:g}")
+        if self.st.aborted:
+            return "the run aborted before its window"
+        return "never injected"
+
     def _verdict(self) -> tuple[str | None, str]:
+        """The run's verdict and why.
+
+        Evidence against the system (a failed check, steady state not regained, a rollback not confirmed)
+        makes it Failed. A planned fault that never became active (the agent refused it, the runtime could
+        not do it, the outcome stayed unknown) makes it Inconclusive, never Passed: the hypothesis was not
+        tested under that fault, so "Passed" would claim a resilience nobody observed, and "Failed" would
+        blame the system for what the tool could not do. Inconclusive, with the fault, the member and the
+        reason in the message, is what a user can act on (fix the experiment) and what a gate that requires
+        Passed stops on.
+        """
         st = self.st
         if st.phase == Phase.DRY_RUN:
             return None, st.message
@@ -1087,6 +1165,9 @@ class Engine:
             return "Aborted", f"aborted: {st.aborted}" + (f"; {'; '.join(reasons)}" if reasons else "")
         if reasons:
             return "Failed", "; ".join(reasons)
+        not_in_effect = self._not_in_effect()
+        if not_in_effect:
+            return "Inconclusive", "the hypothesis was not tested as planned: " + "; ".join(not_in_effect)
         if unknown:
             return "Inconclusive", "check(s) could not decide (unknown is never a pass): " + ", ".join(unknown)
         return "Passed", "all checks passed, rollback confirmed, steady state regained"

@@ -227,3 +227,102 @@ def test_role_targets_are_resolved_again_after_the_steady_state_check(monkeypatc
     assert [f["member"] for f in report["faults"]] == ["n2"], "the fault goes to the leader at injection time"
     assert any(e["kind"] == "replan" for e in report["timeline"])
     assert report["plan"][0]["faults"][0]["targets"] == ["n2"]
+
+
+def _rpc_error(code: Any, details: str) -> Any:
+    import grpc
+
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def test_a_fault_the_agent_refuses_makes_the_run_inconclusive_naming_fault_member_and_reason() -> None:
+    import grpc
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    calls: list[str] = []
+
+    async def refuse(fault: Any, *, timeout: float | None = None) -> Any:
+        calls.append(fault.id)
+        raise _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "fault.clock_skew: a clock skew is already active")
+
+    rt.agents["n2"].inject = refuse  # type: ignore[method-assign]
+    report, _ = run(doc([{"name": "skew", "type": "clockSkew", "target": {"members": ["n2"]},
+                          "durationSeconds": 0.6}]), rt)
+    assert report["verdict"] == "Inconclusive", report["message"]
+    assert "skew (clockSkew) on n2 never became active" in report["message"]
+    assert "a clock skew is already active" in report["message"]
+    assert len(calls) == 1, "a refusal is not retried every tick within the same window"
+    assert report["rollback_confirmed"] is True
+
+
+def test_a_kill_the_runtime_cannot_do_is_reported_not_waited_for_and_not_passed() -> None:
+    from faultlab.operator.runtime.base import RuntimeError_
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+
+    async def kill(target: Any, member: Any) -> None:
+        raise RuntimeError_(f"member {member.id} of c has no running process (restarting?)")
+
+    rt.kill = kill  # type: ignore[method-assign]
+    started = time.monotonic()
+    report, _ = run(doc([{"name": "k", "type": "kill", "target": {"role": "leader"}}]), rt)
+    assert time.monotonic() - started < 10, "nothing to wait for: the kill never happened"
+    assert report["verdict"] == "Inconclusive"
+    assert "k (kill) on n1 never became active: refused: member n1 of c has no running process" in report["message"]
+    assert report["rollback_confirmed"] is True
+
+
+def test_a_fault_whose_inject_outcome_stays_unknown_is_not_a_pass() -> None:
+    import grpc
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+
+    async def unavailable(fault: Any, *, timeout: float | None = None) -> Any:
+        raise _rpc_error(grpc.StatusCode.UNAVAILABLE, "connection reset")
+
+    rt.agents["n1"].inject = unavailable  # type: ignore[method-assign]
+    report, _ = run(doc([{"name": "slow", "type": "delay", "target": {"role": "leader"}}]), rt)
+    assert report["verdict"] == "Inconclusive"
+    assert "slow (delay) on n1 never became active: not confirmed active (inject failed: connection reset)" \
+        in report["message"]
+
+
+def test_an_inject_that_errored_but_took_effect_is_confirmed_by_the_agents_list() -> None:
+    import grpc
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    agent = rt.agents["n1"]
+    original = agent.inject
+
+    async def applied_then_lost_reply(fault: Any, *, timeout: float | None = None) -> Any:
+        await original(fault, timeout=timeout)
+        raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    agent.inject = applied_then_lost_reply  # type: ignore[method-assign]
+    report, _ = run(doc([{"name": "slow", "type": "delay", "target": {"role": "leader"}}]), rt)
+    assert report["verdict"] == "Passed", report["message"]
+    assert any("in effect after all" in e["message"] for e in report["timeline"])
+    assert not agent.active
+
+
+def test_a_pause_the_runtime_cannot_do_is_not_a_pass() -> None:
+    from faultlab.operator.runtime.base import RuntimeError_
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+
+    async def pause(target: Any, member: Any) -> None:
+        raise RuntimeError_("pausing is not supported here")
+
+    rt.pause = pause  # type: ignore[method-assign]
+    report, _ = run(doc([{"name": "p", "type": "pause", "target": {"role": "follower"}}]), rt)
+    assert report["verdict"] == "Inconclusive"
+    assert "p (pause) on n" in report["message"] and "never became active" in report["message"]
+    assert "pausing is not supported here" in report["message"]
+
+
+def test_a_fault_whose_window_opens_after_the_run_is_not_a_pass() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, _ = run(doc([{"name": "late", "type": "delay", "startAfterSeconds": 5}]), rt)
+    assert not any(a.calls for a in rt.agents.values())
+    assert report["verdict"] == "Inconclusive"
+    assert "late (delay) on" in report["message"] and "after durationSeconds" in report["message"]
