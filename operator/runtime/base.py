@@ -8,6 +8,7 @@ FaultAgent over gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,7 +40,12 @@ class RuntimeError_(Exception):
 
 
 class Runtime(Protocol):
-    """What the experiment engine needs from wherever the nodes run."""
+    """What the experiment engine needs from wherever the nodes run.
+
+    A runtime that cannot do some fault type says so in an ``unsupported_faults`` mapping
+    (fault type -> why, and what to use instead), read with :func:`unsupported_fault`; the
+    engine rejects such an experiment before it injects anything.
+    """
 
     name: str
 
@@ -66,3 +72,9 @@ class Runtime(Protocol):
     async def wait_running(self, target: TargetRef, member: Member, timeout_s: float) -> bool:
         """Wait until the member's process runs (restarted after a kill); False on timeout."""
         ...
+
+
+def unsupported_fault(runtime: object, fault_type: str) -> str | None:
+    """Why `runtime` cannot inject `fault_type` (None: it can), from its optional ``unsupported_faults``."""
+    table: Mapping[str, str] = getattr(runtime, "unsupported_faults", None) or {}
+    return table.get(fault_type)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,7 +25,7 @@ from faultlab.protos.agent.v1 import agent_pb2 as agent_pb
 
 POLL_S = 0.2
 PAUSE_UNSUPPORTED = (
-    "fault type pause is not supported on Kubernetes: freezing a pod's process needs a signal from its node, "
+    "pause is not supported on Kubernetes: freezing a pod's process needs a signal from its node, "
     "which the API does not offer; use a partition (the member stops talking) or slowResponse instead, or run "
     "the experiment with the local runtime (faultlab chaos run)")
 
@@ -34,6 +34,7 @@ class KubernetesRuntime:
     """`Runtime` over the Kubernetes API; implements members, agent_token, kill and wait_running."""
 
     name = "kubernetes"
+    unsupported_faults: ClassVar[dict[str, str]] = {"pause": PAUSE_UNSUPPORTED}
 
     def _check_kind(self, target: TargetRef) -> None:
         if target.kind != "RaftCluster":
@@ -102,7 +103,7 @@ class KubernetesRuntime:
                                 grace_seconds=0, uid=pod["metadata"]["uid"])
 
     async def pause(self, target: TargetRef, member: Member) -> None:
-        raise RuntimeError_(PAUSE_UNSUPPORTED)
+        raise RuntimeError_(PAUSE_UNSUPPORTED)  # experiments with pause are rejected before this
 
     async def resume(self, target: TargetRef, member: Member) -> None:
         return None  # nothing is ever paused here

@@ -326,3 +326,20 @@ def test_a_fault_whose_window_opens_after_the_run_is_not_a_pass() -> None:
     assert not any(a.calls for a in rt.agents.values())
     assert report["verdict"] == "Inconclusive"
     assert "late (delay) on" in report["message"] and "after durationSeconds" in report["message"]
+
+
+def test_pause_on_kubernetes_is_rejected_at_validation_naming_the_field_and_the_fix() -> None:
+    from faultlab.operator.runtime.kubernetes import KubernetesRuntime
+
+    class NoApi:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the Kubernetes API was used ({name}) before the experiment was validated")
+
+    exp = ChaosExperiment.model_validate(doc([{"name": "slow", "type": "delay"},
+                                              {"name": "freeze", "type": "pause", "target": {"role": "follower"}}]))
+    store = MemoryStateStore()
+    report = asyncio.run(Engine(exp, KubernetesRuntime(NoApi()), store, EngineOptions(html=False)).run())  # type: ignore[arg-type]
+    assert report["verdict"] == "Failed" and report["phase"] == "Failed"
+    assert "spec.faults[1].type (freeze): pause is not supported on Kubernetes" in report["message"]
+    assert "use a partition" in report["message"] and "nothing injected" in report["message"]
+    assert not report["faults"]
