@@ -101,6 +101,23 @@ RUNTIME_FAULTS = frozenset({"kill", "pause"})
 # Faults that can take a member out of the quorum; the blast-radius rule counts these.
 QUORUM_FAULTS = frozenset({"kill", "crash", "pause", "partition", "loss", "error", "diskFill", "corruption",
                            "memoryPressure"})
+# Every agent fault carries a TTL: the rest of its window plus FAULT_TTL_MARGIN_SECONDS (the engine's default
+# margin). The agent refuses TTLs over its MAX_TTL_SECONDS (nodes/agent/faults.py; a unit test keeps the two
+# equal, so these models need not import the node side), so no window may be longer than MAX_WINDOW_SECONDS.
+AGENT_MAX_TTL_SECONDS = 3600
+FAULT_TTL_MARGIN_SECONDS = 10
+MAX_WINDOW_SECONDS = AGENT_MAX_TTL_SECONDS - FAULT_TTL_MARGIN_SECONDS
+_WINDOW_WHY = (f"every fault carries a TTL of its window plus {FAULT_TTL_MARGIN_SECONDS}s and the fault agent "
+               f"accepts TTLs up to {AGENT_MAX_TTL_SECONDS}s")
+
+
+def _window_bound(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_WINDOW_SECONDS:
+        raise ValueError(f"at most {MAX_WINDOW_SECONDS}s (got {value:g}): {_WINDOW_WHY}; for a longer "
+                         f"campaign run the experiment repeatedly with spec.schedule")
+    return value
+
+
 GRPC_CODES = frozenset({
     "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
@@ -274,7 +291,15 @@ class Fault(ApiModel):
                     "(the default for partition: cut the selected members off from the rest); selected: the "
                     "other selected members. Unset on other network faults: every peer.")
     start_after_seconds: float = Field(default=0, ge=0, description="Delay from the start of injection.")
-    duration_seconds: float = Field(default=10, gt=0, description="How long the fault holds (also its TTL).")
+    duration_seconds: float = Field(
+        default=10, gt=0, le=MAX_WINDOW_SECONDS,
+        description=f"How long the fault holds; its TTL in the agent is the rest of this plus "
+                    f"{FAULT_TTL_MARGIN_SECONDS}s, so at most {MAX_WINDOW_SECONDS}s ({_WINDOW_WHY}).")
+
+    @field_validator("duration_seconds", mode="before")
+    @classmethod
+    def _duration_bound(cls, value: Any) -> Any:
+        return _window_bound(value)
 
     @field_validator("params")
     @classmethod
@@ -469,7 +494,15 @@ class ChaosExperimentSpec(ApiModel):
                                     description="Checks of the recorded history that decide the verdict.")
     schedule: Schedule | None = Field(default=None,
                                       description="Repeat on a schedule (operator and `faultlab chaos run`).")
-    duration_seconds: float = Field(default=30, gt=0, description="Observation window after the faults start.")
+    duration_seconds: float = Field(
+        default=30, gt=0, le=MAX_WINDOW_SECONDS,
+        description=f"Observation window from the start of injection; every fault ends by then. At most "
+                    f"{MAX_WINDOW_SECONDS}s: {_WINDOW_WHY}.")
+
+    @field_validator("duration_seconds", mode="before")
+    @classmethod
+    def _duration_bound(cls, value: Any) -> Any:
+        return _window_bound(value)
     dry_run: bool = Field(default=False, description="Resolve targets and validate, inject nothing.")
 
     @model_validator(mode="after")

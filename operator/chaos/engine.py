@@ -37,6 +37,8 @@ from typing import Any, Protocol
 import grpc
 
 from faultlab.operator.api.chaos import (
+    AGENT_MAX_TTL_SECONDS,
+    FAULT_TTL_MARGIN_SECONDS,
     NETWORK_FAULTS,
     AbortCondition,
     ChaosExperiment,
@@ -119,7 +121,7 @@ class ExperimentRejected(Exception):
 class EngineOptions:
     out_dir: Path | None = None  # history.jsonl, report.json, report.html
     seed: int | None = None
-    ttl_margin_s: float = 10.0
+    ttl_margin_s: float = FAULT_TTL_MARGIN_SECONDS
     tick_s: float = 0.1
     probe_interval_s: float = 0.25
     warmup_s: float = 2.0
@@ -745,7 +747,7 @@ class Engine:
         side = "" if slot.primary else "m"
         fid = f"fl-{self.st.run_id}-{slot.fault}{side}-{slot.member}-{gen}"[:128]
         remaining = max(1.0, self._t0 + min(f.end_seconds, self.spec.duration_seconds) - now)
-        ttl = math.ceil(remaining + self.opts.ttl_margin_s)
+        ttl = min(AGENT_MAX_TTL_SECONDS, math.ceil(remaining + self.opts.ttl_margin_s))  # the agent's maximum
         mechanism = f.type if f.type in ("kill", "pause") else "agent"
         member = self._member(slot.member)
         listing = await self._agent_list(slot.member)

@@ -360,3 +360,20 @@ def test_status_models_accept_controller_output() -> None:
     assert status.latency.during.p50_ms == 3 and status.injected_faults[0].agent_started_at == 1.7e9
     with pytest.raises(ValueError, match="phase"):
         ChaosExperimentStatus.model_validate({"phase": "Exploded"})
+
+
+def test_windows_are_bounded_so_no_ttl_exceeds_what_the_agent_accepts() -> None:
+    from faultlab.nodes.agent.faults import MAX_TTL_SECONDS
+    from faultlab.operator.api.chaos import AGENT_MAX_TTL_SECONDS, FAULT_TTL_MARGIN_SECONDS, MAX_WINDOW_SECONDS
+    from faultlab.operator.api.crd import crd
+
+    assert AGENT_MAX_TTL_SECONDS == MAX_TTL_SECONDS, "the models' copy of the agent's TTL limit is stale"
+    assert MAX_WINDOW_SECONDS + FAULT_TTL_MARGIN_SECONDS <= MAX_TTL_SECONDS
+    assert experiment(durationSeconds=MAX_WINDOW_SECONDS).spec.duration_seconds == MAX_WINDOW_SECONDS
+    msg = error_of(experiment, durationSeconds=86400)
+    assert "spec.durationSeconds" in msg and f"at most {MAX_WINDOW_SECONDS}s" in msg and "spec.schedule" in msg
+    msg = error_of(experiment, faults=[{"name": "f1", "type": "delay", "durationSeconds": 7200}])
+    assert "spec.faults[0].durationSeconds" in msg and f"{MAX_TTL_SECONDS}s" in msg
+    schema = crd("ChaosExperiment")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert schema["properties"]["durationSeconds"]["maximum"] == MAX_WINDOW_SECONDS
+    assert schema["properties"]["faults"]["items"]["properties"]["durationSeconds"]["maximum"] == MAX_WINDOW_SECONDS

@@ -343,3 +343,12 @@ def test_pause_on_kubernetes_is_rejected_at_validation_naming_the_field_and_the_
     assert "spec.faults[1].type (freeze): pause is not supported on Kubernetes" in report["message"]
     assert "use a partition" in report["message"] and "nothing injected" in report["message"]
     assert not report["faults"]
+
+
+def test_no_fault_ttl_exceeds_the_agents_maximum_even_with_a_large_margin() -> None:
+    from faultlab.nodes.agent.faults import MAX_TTL_SECONDS
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, _ = run(doc([{"name": "slow", "type": "delay"}]), rt, ttl_margin_s=2 * MAX_TTL_SECONDS)
+    assert report["faults"] and all(f["ttl_s"] == MAX_TTL_SECONDS for f in report["faults"])
+    assert report["verdict"] == "Passed"
