@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from faultlab.nodes.agent.client import AgentClient, fault_from_spec
-from faultlab.nodes.agent.resources import remove_stale_ballast
+from faultlab.nodes.agent.resources import heal_leftover_corruption, remove_stale_ballast
 from faultlab.nodes.agent.service import Agent
 from faultlab.nodes.common.node import NodeContext
 
@@ -29,13 +29,18 @@ log = logging.getLogger("faultlab.agent")
 def attach_agent(ctx: NodeContext) -> Agent | None:
     """Creates the agent and installs its interceptors; None (agent disabled) without an agent token.
 
+    Data faults left on disk by a previous process (ballast, flipped bytes) are undone first.
+
     Call before `ctx.create_server()` (the server takes its interceptors at creation) and
     before opening peer channels.
     """
-    if not ctx.agent_token:
-        log.info("fault agent disabled: no --agent-token")
-        return None
     remove_stale_ballast(ctx.data_dir)
+    for note in heal_leftover_corruption(ctx.data_dir):
+        log.warning("the node started although a corruption fault of a previous process was still on disk "
+                    "(a torn tail truncated or an older snapshot used); %s", note)
+    if not ctx.agent_token:
+        log.info("fault agent disabled: no agent token")
+        return None
     agent = Agent(ctx)
     ctx.server_interceptors.append(agent.network.server_interceptor())
     ctx.client_interceptor_factories.append(agent.client_interceptors)

@@ -7,7 +7,9 @@ process without starving the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -22,6 +24,7 @@ from faultlab.nodes.agent.faults import FaultError
 
 PERIOD_S = 0.1
 BALLAST_DIR = ".faultlab-ballast"
+CORRUPTION_DIR = ".faultlab-corruption"
 BALLAST_FILE_BYTES = 1 << 30
 _CHUNK = 1 << 20
 
@@ -136,15 +139,27 @@ def _write_file(path: Path, size: int) -> int:
 
 @dataclass
 class Corruption:
-    """Bytes flipped in one file, with the originals kept so the corruption can be undone."""
+    """Bytes flipped in one file, with the originals kept so the corruption can be undone.
+
+    The originals are also written to a record in `<data_dir>/.faultlab-corruption/`
+    (fsynced before any byte is flipped), because the damage outlives the process that
+    made it: a member killed while the fault holds restarts on the flipped bytes, and the
+    node must detect them (Raft storage refuses to start, naming the file and offset).
+    That stopped process, or the next one that does start, puts the originals back with
+    `heal_leftover_corruption`, so the fault heals even though its agent died with it.
+    """
 
     path: Path
     seed: int
     original: dict[int, int]
     flipped: dict[int, int]
+    fault_id: str = ""
+    record: Path | None = None
+    pid: int = 0
+    inode: int = 0  # a file replaced since (an atomic rewrite) holds other bytes: left alone
 
     @classmethod
-    def apply(cls, data_dir: Path, target: str, nbytes: int, seed: int) -> Corruption:
+    def apply(cls, data_dir: Path, target: str, nbytes: int, seed: int, fault_id: str = "") -> Corruption:
         folder, pattern = ("wal", "*.wal") if target == "wal" else ("snap", "*.snap")
         candidates = [p for p in (data_dir / folder).glob(pattern) if p.is_file() and p.stat().st_size > 0]
         if not candidates:
@@ -156,27 +171,63 @@ class Corruption:
         with open(path, "r+b") as f:
             size = os.fstat(f.fileno()).st_size
             positions = sorted(rng.sample(range(size), min(nbytes, size)))
-            original: dict[int, int] = {}
-            flipped: dict[int, int] = {}
-            for pos in positions:
-                old = os.pread(f.fileno(), 1, pos)[0]
-                new = old ^ rng.randrange(1, 256)
+            original = {pos: os.pread(f.fileno(), 1, pos)[0] for pos in positions}
+            flipped = {pos: old ^ rng.randrange(1, 256) for pos, old in original.items()}
+            corruption = cls(path=path, seed=seed, original=original, flipped=flipped, fault_id=fault_id,
+                             pid=os.getpid(), inode=os.fstat(f.fileno()).st_ino)
+            corruption.record = corruption._write_record(data_dir)
+            for pos, new in flipped.items():
                 os.pwrite(f.fileno(), bytes([new]), pos)
-                original[pos], flipped[pos] = old, new
             os.fsync(f.fileno())
-        return cls(path=path, seed=seed, original=original, flipped=flipped)
+        return corruption
 
     @property
     def detail(self) -> str:
         offsets = ",".join(str(p) for p in self.original)
-        return f"flipped {len(self.original)} byte(s) in {self.path} seed={self.seed} offsets=[{offsets}]"
+        return (f"flipped {len(self.original)} byte(s) in {self.path} seed={self.seed} offsets=[{offsets}]; "
+                f"they stay flipped until the fault ends, and a restart meanwhile must detect them")
+
+    def _write_record(self, data_dir: Path) -> Path:
+        folder = data_dir / CORRUPTION_DIR
+        folder.mkdir(exist_ok=True)
+        name = hashlib.sha256(f"{self.fault_id}\0{self.path}".encode()).hexdigest()[:24] + ".json"
+        text = json.dumps({"fault": self.fault_id, "path": str(self.path), "seed": self.seed, "pid": self.pid,
+                           "inode": self.inode,
+                           "original": {str(k): v for k, v in self.original.items()},
+                           "flipped": {str(k): v for k, v in self.flipped.items()}})
+        tmp = folder / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, folder / name)
+        _fsync_dir(folder)
+        return folder / name
+
+    @classmethod
+    def load(cls, record: Path) -> Corruption:
+        """The corruption a record describes; ValueError when the record is unreadable."""
+        try:
+            raw = json.loads(record.read_text())
+            return cls(path=Path(raw["path"]), seed=int(raw["seed"]), fault_id=str(raw["fault"]),
+                       original={int(k): int(v) for k, v in raw["original"].items()},
+                       flipped={int(k): int(v) for k, v in raw["flipped"].items()},
+                       record=record, pid=int(raw.get("pid") or 0), inode=int(raw.get("inode") or 0))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{record}: unreadable corruption record ({exc})") from None
 
     def restore(self) -> int:
-        """Puts the original bytes back where the file still holds the flipped ones; returns how many."""
+        """Puts the original bytes back where the file still holds the flipped ones; returns how many.
+
+        Then drops the record: the fault is over.
+        """
         restored = 0
         try:
             with open(self.path, "r+b") as f:
-                size = os.fstat(f.fileno()).st_size
+                st = os.fstat(f.fileno())
+                size = st.st_size if not self.inode or st.st_ino == self.inode else 0
                 for pos, old in self.original.items():
                     if pos < size and os.pread(f.fileno(), 1, pos)[0] == self.flipped[pos]:
                         os.pwrite(f.fileno(), bytes([old]), pos)
@@ -184,7 +235,50 @@ class Corruption:
                 os.fsync(f.fileno())
         except FileNotFoundError:
             pass
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
+            _fsync_dir(self.record.parent)
+            with contextlib.suppress(OSError):
+                self.record.parent.rmdir()
         return restored
+
+
+def heal_leftover_corruption(data_dir: Path) -> list[str]:
+    """Restores every corruption recorded in `data_dir` whose agent can no longer undo it.
+
+    Called when a node process stops without serving (it refused to start on the damage)
+    and when the agent of a process that did start attaches. Returns one line per record.
+    """
+    folder = data_dir / CORRUPTION_DIR
+    if not folder.is_dir():
+        return []
+    notes: list[str] = []
+    for record in sorted(folder.glob("*.json")):
+        try:
+            corruption = Corruption.load(record)
+        except ValueError as exc:
+            notes.append(f"{exc}; removed")
+            record.unlink(missing_ok=True)
+            continue
+        restored = corruption.restore()
+        notes.append(f"corruption fault {corruption.fault_id!r} (made by process {corruption.pid}): restored "
+                     f"{restored} of {len(corruption.original)} flipped byte(s) in {corruption.path}"
+                     + ("" if restored == len(corruption.original) else
+                        " (the others were rewritten or truncated away since)"))
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return notes
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_stale_ballast(data_dir: Path) -> None:

@@ -97,7 +97,7 @@ class Agent:
         if kind == "corruption":
             c = fault.corruption
             corruption = await asyncio.to_thread(resources.Corruption.apply, self.ctx.data_dir, c.target, c.bytes,
-                                                 c.seed)
+                                                 c.seed, fault.id)
             return corruption.detail, lambda: asyncio.to_thread(corruption.restore)
         raise FaultError(grpc.StatusCode.UNIMPLEMENTED, f"fault.kind: {kind!r} is not supported by this agent")
 

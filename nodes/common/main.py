@@ -83,6 +83,26 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        if not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            _heal_data_faults(Path(args.data_dir), exc)
+        raise
+
+
+def _heal_data_faults(data_dir: Path, exc: BaseException) -> None:
+    """A node that stops on an error (a refused start on corrupted state) ends the data faults it was
+    started on: with no node running, their original bytes go back, so the next start is clean and no
+    fault outlives the agent that injected it."""
+    from faultlab.nodes.agent.resources import heal_leftover_corruption
+
+    how = f"exit code {exc.code}" if isinstance(exc, SystemExit) else type(exc).__name__
+    try:
+        notes = heal_leftover_corruption(data_dir)
+    except OSError as err:
+        notes = [f"could not undo corruption faults in {data_dir}: {err}"]
+    for note in notes:
+        logging.getLogger("faultlab.agent").warning("the node stopped (%s) on data a fault corrupted; %s; "
+                                                    "its next start reads the original bytes", how, note)
 
 
 def agent_token(token: str, token_file: str) -> str:

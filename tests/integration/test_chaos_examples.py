@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,24 @@ async def test_example_runs_green(demo_cluster: LocalRuntime, tmp_path: Path, pa
     report = await run_example(demo_cluster, shortened(load_one(path, ChaosExperiment)), tmp_path)
     _assert_green(report)
     assert (tmp_path / "report.html").is_file() and (tmp_path / "history.jsonl").is_file()
+
+
+async def test_wal_corruption_example_is_detected_on_restart_and_heals(demo_cluster: LocalRuntime,
+                                                                      tmp_path: Path) -> None:
+    """The example must exercise detection: n3 restarts on the flipped bytes and refuses them."""
+    n3 = demo_cluster.load("demo").member("n3")
+    log_file, wal_dir = Path(n3.log_file), Path(n3.data_dir) / "wal"
+    log_before = len(log_file.read_text())
+    exp = shortened(load_one(ROOT / "examples" / "chaos" / "wal-corruption.yaml", ChaosExperiment))
+    report = await run_example(demo_cluster, exp, tmp_path)
+    _assert_green(report)
+    log = log_file.read_text()[log_before:]
+    assert re.search(rf"refusing to start: WAL corruption in {re.escape(str(wal_dir))}/\d+\.wal at offset \d+",
+                     log), log
+    assert "restored 16 of 16 flipped byte(s)" in log
+    assert log.index("refusing to start") < log.index("restored 16 of 16") < log.rindex("serving on")
+    status = await demo_cluster.status("demo")
+    assert status.ready_replicas == 3, status
 
 
 if os.environ.get("FAULTLAB_CHAOS_FULL_EXAMPLES") == "1":

@@ -15,6 +15,7 @@ from faultlab.nodes.agent import attach_agent
 from faultlab.nodes.agent.client import AgentClient, FaultSpecError, fault_from_spec, match_from_spec
 from faultlab.nodes.agent.faults import ACTIVE, FaultError, FaultRegistry, validate_fault
 from faultlab.nodes.agent.network import FROM_METADATA, NetworkFaults, TokenBucket, exempt, matches, sender_id
+from faultlab.nodes.agent.resources import CORRUPTION_DIR, Corruption, heal_leftover_corruption
 from faultlab.nodes.common import faults as process_faults
 from faultlab.nodes.common.clock import Clock
 from faultlab.nodes.common.node import NodeContext
@@ -344,8 +345,69 @@ async def test_corruption_flips_and_restores(agent_server) -> None:
         assert len(diff) == 8 and str(newest) in response.detail and "seed=42" in response.detail
         assert all(str(i) in response.detail for i in diff)
         assert (wal / "0001.wal").read_bytes() == b"a" * 4096
+        records = list((ctx.data_dir / CORRUPTION_DIR).glob("*.json"))
+        assert len(records) == 1 and '"fault": "c"' in records[0].read_text()
         await client.recover("c")
         assert newest.read_bytes() == original
+        assert not (ctx.data_dir / CORRUPTION_DIR).exists()
+
+
+def _wal_file(data_dir: Path) -> tuple[Path, bytes]:
+    (data_dir / "wal").mkdir(parents=True)
+    path = data_dir / "wal" / "0000000000000001.wal"
+    original = bytes(range(256)) * 8
+    path.write_bytes(original)
+    return path, original
+
+
+def test_corruption_outlives_its_process_and_the_next_one_heals_it(tmp_path: Path) -> None:
+    """The agent that flipped the bytes died with its process: the record on disk undoes them."""
+    path, original = _wal_file(tmp_path)
+    Corruption.apply(tmp_path, "wal", 8, seed=5, fault_id="fl-run-0-n3-1")  # the process then dies
+    assert path.read_bytes() != original
+    notes = heal_leftover_corruption(tmp_path)
+    assert path.read_bytes() == original
+    assert len(notes) == 1 and "'fl-run-0-n3-1'" in notes[0] and "restored 8 of 8" in notes[0]
+    assert not (tmp_path / CORRUPTION_DIR).exists() and heal_leftover_corruption(tmp_path) == []
+
+
+def test_heal_puts_back_only_bytes_still_flipped(tmp_path: Path) -> None:
+    path, _ = _wal_file(tmp_path)
+    c = Corruption.apply(tmp_path, "wal", 4, seed=9, fault_id="x")
+    first = min(c.original)
+    data = bytearray(path.read_bytes())
+    data[first] = 0x5A if c.flipped[first] != 0x5A else 0xA5  # rewritten since by someone else
+    path.write_bytes(bytes(data[: len(data) - 1]))  # and the last byte truncated away
+    notes = heal_leftover_corruption(tmp_path)
+    healed = path.read_bytes()
+    restored = sum(1 for pos, old in c.original.items() if pos < len(healed) and healed[pos] == old)
+    assert healed[first] == data[first] and "rewritten or truncated" in notes[0]
+    assert f"restored {restored} of 4" in notes[0]
+
+
+def test_a_file_replaced_since_is_left_alone(tmp_path: Path) -> None:
+    path, _ = _wal_file(tmp_path)
+    c = Corruption.apply(tmp_path, "wal", 4, seed=2, fault_id="x")
+    damaged = path.read_bytes()
+    tmp = path.with_name("rewrite.tmp")
+    tmp.write_bytes(damaged)  # an atomic rewrite: same name and bytes, another file
+    tmp.replace(path)
+    assert c.restore() == 0 and path.read_bytes() == damaged
+
+
+def test_attaching_the_agent_heals_corruption_a_dead_process_left(tmp_path: Path) -> None:
+    path, original = _wal_file(tmp_path)
+    Corruption.apply(tmp_path, "wal", 3, seed=1, fault_id="old")
+    ctx = NodeContext(kind="echo", node_id="n1", listen="127.0.0.1:0", peers={}, data_dir=tmp_path)
+    assert attach_agent(ctx) is None  # even with the agent disabled
+    assert path.read_bytes() == original
+
+
+def test_unreadable_corruption_record_is_dropped(tmp_path: Path) -> None:
+    (tmp_path / CORRUPTION_DIR).mkdir()
+    (tmp_path / CORRUPTION_DIR / "bad.json").write_text("{not json")
+    notes = heal_leftover_corruption(tmp_path)
+    assert "unreadable" in notes[0] and not (tmp_path / CORRUPTION_DIR).exists()
 
 
 async def test_disk_fill_leaves_the_requested_free_space(agent_server) -> None:
