@@ -220,6 +220,8 @@ class Engine:
         self._paused_checked = 0.0
         self._steady_ok = False
         self._latest: dict[str, ProbeResult] = {}
+        self._latest_started: dict[str, float] = {}  # when each probe's latest evaluation began
+        self._evidence: list[tuple[float, bool]] = []  # (oldest evaluation start behind a sample, steady?)
         self._gen: dict[tuple[int, str, bool], int] = {}
         self._done_one_shot: set[tuple[int, str]] = set()
         self._refused: set[tuple[int, str, bool]] = set()  # slots refused in their current window: no retry
@@ -530,7 +532,7 @@ class Engine:
         due: dict[str, float] = {}
         was_ok: bool | None = None
         while not self._stopping:
-            now = time.time()
+            now = started = time.time()
             ctx.stats = self.data.workload
             run = [s for s in steady if due.get(s.name, 0.0) <= now]
             results = await asyncio.gather(*(evaluate(s, ctx) for s in run),
@@ -538,11 +540,13 @@ class Engine:
             now = time.time()
             for s, r in zip(run, results[:len(run)], strict=True):
                 self._latest[s.name] = r
+                self._latest_started[s.name] = started
                 due[s.name] = now + intervals[s.name]
             failing = sorted(n for n, r in self._latest.items() if not r.ok)
             ok = not failing and len(self._latest) == len(steady)
             self._steady_ok = ok
             self.data.steady.append((now, ok, failing))
+            self._evidence.append((min(self._latest_started.values(), default=now), ok))
             if self._t0 is not None and was_ok is not None and ok != was_ok:
                 if ok:
                     self._event("steady", "steady state holds again")
@@ -613,38 +617,48 @@ class Engine:
         self._step = plan[0]
         self.st.step = 0
         self._event("step", f"rollout step 0: {', '.join(sorted(plan[0].targets())) or 'nobody'}", step=0)
-        step_started = time.time()
+        step_started: float | None = None  # once the step's faults are in: only samples after count
         observing = False
         while True:
             now = time.time()
             if self._abort is not None or now >= end:
                 break
+            was_paused = self._paused
             self._poll_paused(now)
+            if was_paused and not self._paused:
+                step_started = None  # steady while rolled back says nothing about the step's faults
             await self._reconcile(now)
+            if step_started is None:
+                step_started = time.time()
             if not observing:
                 observing = True
                 self._phase(Phase.OBSERVING)
             if self.spec.rollout and k + 1 < len(self.spec.rollout.steps):
                 hold = self.spec.rollout.steps[k].hold_seconds
-                if not self._paused and self._held_since(step_started) >= hold:
+                held = self._held_since(step_started)
+                if not self._paused and held is not None and held >= hold:
                     k += 1
                     nxt = await self._next_step(k)
                     if nxt is None:
                         k = len(self.spec.rollout.steps)
                     else:
                         self._step = nxt
-                        step_started = time.time()
+                        step_started = None
             await self._check_restarts()
             await asyncio.sleep(self.opts.tick_s)
 
-    def _held_since(self, step_started: float) -> float:
-        """How long steady state has held without a break, counted from the step's start."""
+    def _held_since(self, step_started: float) -> float | None:
+        """How long steady state has held without a break within the step; None without a good sample yet.
+
+        A step widens only on evidence: at least one good steady-state sample whose every probe was
+        evaluated after the step's faults went in, and holdSeconds of unbroken holding when set.
+        """
         start: float | None = None
-        for t, ok, _ in self.data.steady:
+        for t, ok in self._evidence:
             if t < step_started:
                 continue
             start = (start or t) if ok else None
-        return 0.0 if start is None else time.time() - start
+        return None if start is None else time.time() - start
 
     async def _next_step(self, k: int) -> StepPlan | None:
         assert self._step is not None

@@ -352,3 +352,44 @@ def test_no_fault_ttl_exceeds_the_agents_maximum_even_with_a_large_margin() -> N
     report, _ = run(doc([{"name": "slow", "type": "delay"}]), rt, ttl_margin_s=2 * MAX_TTL_SECONDS)
     assert report["faults"] and all(f["ttl_s"] == MAX_TTL_SECONDS for f in report["faults"])
     assert report["verdict"] == "Passed"
+
+
+def _rollout_doc(flag: Path, hold: float) -> dict[str, Any]:
+    return doc([{"name": "slow", "type": "delay", "target": {"mode": "all"}, "durationSeconds": 1.5}],
+               durationSeconds=1.5, blastRadius={"maxTargets": 3, "allowQuorumLoss": True},
+               rollout={"steps": [{"maxTargets": 1, "holdSeconds": hold}, {"maxTargets": 3}]},
+               steadyState={"probes": [{"name": "no-flag", "type": "command", "everySeconds": 0.05,
+                                        "command": ["sh", "-c", f"test ! -e {flag}"]}]})
+
+
+def _flag_on_first_inject(rt: FakeRuntime, flag: Path) -> None:
+    for agent in rt.agents.values():
+        original = agent.inject
+
+        async def inject(fault: Any, *, timeout: float | None = None, _orig: Any = original) -> Any:
+            flag.touch()
+            return await _orig(fault, timeout=timeout)
+
+        agent.inject = inject  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("hold", [0.0, 0.3])
+def test_rollout_does_not_widen_without_a_good_steady_state_sample_in_the_step(tmp_path: Path, hold: float) -> None:
+    flag = tmp_path / "breached"
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    _flag_on_first_inject(rt, flag)  # steady state holds before injection and never again after it
+    report, _ = run(_rollout_doc(flag, hold), rt, recovery_timeout_s=0.5)
+    steps = [e["message"] for e in report["timeline"] if e["kind"] == "step"]
+    assert len(steps) == 1 and steps[0].startswith("rollout step 0"), steps
+    assert len({f["member"] for f in report["faults"]}) == 1, "only step 0's one member was faulted"
+
+
+def test_rollout_widens_once_steady_state_held_in_the_step(tmp_path: Path) -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, _ = run(_rollout_doc(tmp_path / "never-created", 0.2), rt)
+    steps = [e for e in report["timeline"] if e["kind"] == "step"]
+    assert [e["data"].get("step") for e in steps] == [0, 1]
+    widened = steps[1]["at"]
+    first_inject = min(e["at"] for e in report["timeline"] if e["kind"] == "inject")
+    assert widened - first_inject >= 0.2, "holdSeconds of holding before widening"
+    assert {f["member"] for f in report["faults"]} == {"n1", "n2", "n3"}
