@@ -486,7 +486,12 @@ class ChaosExperimentSpec(ApiModel):
     faults: list[Fault] = Field(min_length=1, description="The faults to inject.")
     blast_radius: BlastRadius = Field(default_factory=BlastRadius, description="Limit on members faulted at once.")
     rollout: Rollout | None = Field(default=None, description="Gradual widening of the faults.")
-    paused: bool = Field(default=False, description="Hold the experiment (operator: do not start/continue).")
+    paused: bool = Field(
+        default=False,
+        description="Stop injecting and roll back what is in effect; clearing it injects again. The clock does not "
+                    "stop: durationSeconds and fault windows run on while paused (a run never outlasts its window "
+                    "or its faults' TTLs), so pausing cuts fault windows short, and a run paused throughout "
+                    "injects nothing and ends Inconclusive.")
     abort_conditions: list[AbortCondition] = Field(default_factory=list,
                                                    description="Stop conditions; any firing aborts and rolls back.")
     workload: Workload = Field(default_factory=Workload, description="Client load and history recording.")

@@ -218,6 +218,8 @@ class Engine:
         self._abort: _Abort | None = None
         self._paused = False
         self._paused_checked = 0.0
+        self._pause_began: float | None = None
+        self._ran_unpaused = False  # some observation tick ran unpaused (injection was allowed)
         self._steady_ok = False
         self._latest: dict[str, ProbeResult] = {}
         self._latest_started: dict[str, float] = {}  # when each probe's latest evaluation began
@@ -627,6 +629,7 @@ class Engine:
             self._poll_paused(now)
             if was_paused and not self._paused:
                 step_started = None  # steady while rolled back says nothing about the step's faults
+            self._ran_unpaused = self._ran_unpaused or not self._paused
             await self._reconcile(now)
             if step_started is None:
                 step_started = time.time()
@@ -646,6 +649,9 @@ class Engine:
                         step_started = None
             await self._check_restarts()
             await asyncio.sleep(self.opts.tick_s)
+        if self._pause_began is not None:
+            self.st.paused_seconds += max(0.0, min(time.time(), end) - self._pause_began)
+            self._pause_began = None
 
     def _held_since(self, step_started: float) -> float | None:
         """How long steady state has held without a break within the step; None without a good sample yet.
@@ -683,17 +689,28 @@ class Engine:
         return step
 
     def _poll_paused(self, now: float) -> None:
-        if self.opts.paused is None or now - self._paused_checked < 0.5:
+        """spec.paused, as the caller reads it now (the file, the resource) or else as the run started.
+
+        The clock does not stop while paused: fault windows and durationSeconds stay wall-clock
+        from the start of injection, so a run never outlasts its window or its faults' TTLs.
+        """
+        if now - self._paused_checked < 0.5:
             return
         self._paused_checked = now
         try:
-            paused = bool(self.opts.paused())
+            paused = bool(self.opts.paused()) if self.opts.paused is not None else self.spec.paused
         except Exception:
             return
         if paused != self._paused:
             self._paused = paused
+            if paused:
+                self._pause_began = now
+            elif self._pause_began is not None:
+                self.st.paused_seconds += now - self._pause_began
+                self._pause_began = None
             self._event("pause", "paused: stopping injection and rolling back" if paused
                         else "unpaused: injecting again")
+            self._save()
 
     def _desired(self, now: float) -> set[_Slot]:
         assert self._t0 is not None and self._step is not None
@@ -1156,6 +1173,8 @@ class Engine:
                     f"{self.spec.duration_seconds:g}")
         if self.st.aborted:
             return "the run aborted before its window"
+        if self.st.paused_seconds > 0:
+            return "the run was paused during its window"
         return "never injected"
 
     def _verdict(self) -> tuple[str | None, str]:
@@ -1189,12 +1208,17 @@ class Engine:
             return "Aborted", f"aborted: {st.aborted}" + (f"; {'; '.join(reasons)}" if reasons else "")
         if reasons:
             return "Failed", "; ".join(reasons)
+        if (st.injection_started_at is not None and not self._ran_unpaused
+                and not any(f.injected_at is not None for f in st.faults)):
+            return "Inconclusive", "paused for the whole run; nothing was injected"
         not_in_effect = self._not_in_effect()
         if not_in_effect:
             return "Inconclusive", "the hypothesis was not tested as planned: " + "; ".join(not_in_effect)
         if unknown:
             return "Inconclusive", "check(s) could not decide (unknown is never a pass): " + ", ".join(unknown)
-        return "Passed", "all checks passed, rollback confirmed, steady state regained"
+        paused = (f"; paused for {st.paused_seconds:.1f}s of the {self.spec.duration_seconds:g}s window, so "
+                  f"fault windows were cut short" if st.paused_seconds > 0 else "")
+        return "Passed", "all checks passed, rollback confirmed, steady state regained" + paused
 
     def _finish(self) -> dict[str, Any]:
         verdict, message = self._verdict()

@@ -124,6 +124,7 @@ class ExperimentState:
     interrupted: bool = False
     resumes: int = 0
     rollback_confirmed: bool | None = None
+    paused_seconds: float = 0.0  # time spec.paused held injection back (the clock runs on)
     watchdogs: list[int] = field(default_factory=list)
 
     @property

@@ -207,7 +207,7 @@ class ExperimentRun:
         self.name: str = meta["name"]
         self.cancel = threading.Event()
         self.done = threading.Event()
-        self.paused = False
+        self.paused = bool((body.get("spec") or {}).get("paused", False))  # read before the first injection
         self.report: JSON | None = None
         self.error: BaseException | None = None
         self._last_phase = ""

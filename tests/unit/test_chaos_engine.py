@@ -393,3 +393,25 @@ def test_rollout_widens_once_steady_state_held_in_the_step(tmp_path: Path) -> No
     first_inject = min(e["at"] for e in report["timeline"] if e["kind"] == "inject")
     assert widened - first_inject >= 0.2, "holdSeconds of holding before widening"
     assert {f["member"] for f in report["faults"]} == {"n1", "n2", "n3"}
+
+
+def test_paused_from_the_start_injects_nothing_and_is_inconclusive() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, store = run(doc([{"name": "slow", "type": "delay"}], paused=True), rt)
+    assert not any(a.calls for a in rt.agents.values())
+    assert report["verdict"] == "Inconclusive"
+    assert report["message"] == "paused for the whole run; nothing was injected"
+    assert store.load().paused_seconds > 0.3, "the clock ran on while paused"
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    report, _ = run(doc([{"name": "slow", "type": "delay"}]), rt, paused=lambda: True)
+    assert report["verdict"] == "Inconclusive" and not any(a.calls for a in rt.agents.values())
+
+
+def test_a_run_paused_for_part_of_its_window_says_so_in_its_verdict() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])
+    polls = iter([True])  # paused at the first look (the start of injection), then unpaused
+
+    report, _ = run(doc([{"name": "slow", "type": "delay", "durationSeconds": 1.5}], durationSeconds=1.5), rt,
+                    paused=lambda: next(polls, False))
+    assert report["verdict"] == "Passed"
+    assert "paused for" in report["message"] and "fault windows were cut short" in report["message"]
