@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -25,7 +26,10 @@ from faultlab.nodes.agent.faults import FaultError
 PERIOD_S = 0.1
 BALLAST_DIR = ".faultlab-ballast"
 CORRUPTION_DIR = ".faultlab-corruption"
-BALLAST_FILE_BYTES = 1 << 30
+BALLAST_FILE_BYTES = 256 << 20
+DEFAULT_FLOOR_BYTES = 1 << 30
+DEFAULT_FLOOR_PERCENT = 5.0
+FLOOR_GUARD_S = 0.5
 _CHUNK = 1 << 20
 
 
@@ -80,31 +84,112 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+@dataclass(frozen=True)
+class DiskFloor:
+    """Free space disk-fill ballast never goes below: the larger of `min_bytes` and `percent` of the filesystem.
+
+    The default (`auto`: 1 GiB or 5 %, whichever is larger) protects a filesystem the member
+    shares with others: every member of a local cluster and the host itself, or a Kubernetes
+    node's disk under an emptyDir. A member on a volume of its own can set `0` to fill it up.
+    """
+
+    min_bytes: int = DEFAULT_FLOOR_BYTES
+    percent: float = DEFAULT_FLOOR_PERCENT
+
+    @classmethod
+    def parse(cls, text: str) -> DiskFloor:
+        """`auto` (or empty), `0`, a size (`512MiB`, `2G`, bytes) or a percentage of the filesystem (`10%`)."""
+        if text.strip().lower() in ("", "auto"):
+            return cls()
+        m = _SIZE.match(text)
+        if not m:
+            raise ValueError(f"disk fill floor {text!r}: use auto, 0, a size like 2GiB or 512MiB, or a percentage "
+                             f"of the filesystem like 10%")
+        value, unit = float(m.group(1)), (m.group(2) or "").lower()
+        if unit == "%":
+            if value > 100:
+                raise ValueError(f"disk fill floor {text!r}: a percentage is at most 100%")
+            return cls(0, value)
+        return cls(int(value * _UNITS[unit]), 0.0)
+
+    def bytes_for(self, path: Path) -> int:
+        st = os.statvfs(path)
+        return max(self.min_bytes, int(st.f_blocks * st.f_frsize * self.percent / 100))
+
+    def __str__(self) -> str:
+        if self.percent and self.min_bytes:
+            return f"{self.min_bytes >> 20} MiB or {self.percent:g}% of the filesystem, whichever is larger"
+        return f"{self.percent:g}% of the filesystem" if self.percent else f"{self.min_bytes} bytes"
+
+
 @dataclass
 class Ballast:
-    """Files in `<data_dir>/.faultlab-ballast` that fill the filesystem down to `leave_free` bytes."""
+    """Files in `<data_dir>/.faultlab-ballast` that fill the filesystem down to a target of free bytes.
+
+    The target is `leave_free` but never below the node's `DiskFloor`; `trim` gives space back
+    when others (the node's own writes, members sharing the disk) take free space below the floor.
+    """
 
     directory: Path
     written: int = 0
     files: list[Path] = field(default_factory=list)
+    target: int = 0
 
     @classmethod
-    def fill(cls, data_dir: Path, leave_free: int) -> Ballast:
+    def fill(cls, data_dir: Path, leave_free: int, floor: int = 0) -> Ballast:
         data_dir.mkdir(parents=True, exist_ok=True)
-        ballast = cls(data_dir / BALLAST_DIR)
+        target = max(leave_free, floor)
+        free = free_bytes(data_dir)
+        if free <= target:
+            bound = (f"the node's safe floor of {floor} bytes (--disk-fill-floor, FAULTLAB_DISK_FILL_FLOOR)"
+                     if floor >= leave_free else f"leaveFreeBytes={leave_free}")
+            raise FaultError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"fault.disk_fill: {free} bytes are free on the filesystem of {data_dir}, already "
+                             f"at or below {bound}; no ballast written. Use enospc: true to make the member's "
+                             f"disk full without filling a shared filesystem")
+        ballast = cls(data_dir / BALLAST_DIR, target=target)
         ballast.directory.mkdir(exist_ok=True)
         try:
-            while (need := free_bytes(data_dir) - leave_free) > 0:
+            while (need := free_bytes(data_dir) - target) > 0:
                 size = min(need, BALLAST_FILE_BYTES)
                 path = ballast.directory / f"ballast-{os.getpid()}-{len(ballast.files)}"
                 ballast.files.append(path)
                 ballast.written += _write_file(path, size)
-                if free_bytes(data_dir) - leave_free >= need:  # no progress: give up rather than spin
+                if free_bytes(data_dir) - target >= need:  # no progress: give up rather than spin
                     break
+            ballast.trim(floor)  # members filling the same disk at once may overshoot together
         except BaseException:
             ballast.remove()
             raise
         return ballast
+
+    def trim(self, floor: int) -> int:
+        """Shrinks the ballast until `floor` bytes are free again (or it is gone); returns bytes released."""
+        released = 0
+        while self.files and (deficit := floor - free_bytes(self.directory)) > 0:
+            path = self.files[-1]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size <= deficit:
+                path.unlink(missing_ok=True)
+                self.files.pop()
+                released += size
+            else:
+                os.truncate(path, size - deficit)
+                released += deficit
+                if free_bytes(self.directory) < floor:  # truncating freed no blocks: drop the file
+                    path.unlink(missing_ok=True)
+                    self.files.pop()
+                    released += size - deficit
+        self.written = max(0, self.written - released)
+        return released
 
     def remove(self) -> None:
         for path in self.files:

@@ -7,6 +7,7 @@ memory, disk, clock, data files) plus the undo that reverts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -36,6 +37,7 @@ class Agent:
         self.registry = FaultRegistry(self._apply, on_change=self._hook)
         self._clock_owner = ""
         self._enospc: set[str] = set()
+        self.disk_floor = resources.DiskFloor.parse(ctx.disk_fill_floor)
 
     def client_interceptors(self, peer_id: str) -> list[grpc.aio.ClientInterceptor]:
         return self.network.client_interceptors(self.ctx.node_id, peer_id)
@@ -113,13 +115,40 @@ class Agent:
             return "storage writes fail with ENOSPC", clear
         leave = fault.disk_fill.leave_free_bytes
         try:
-            ballast = await asyncio.to_thread(resources.Ballast.fill, self.ctx.data_dir, leave)
+            self.ctx.data_dir.mkdir(parents=True, exist_ok=True)
+            floor = self.disk_floor.bytes_for(self.ctx.data_dir)
+            ballast = await asyncio.to_thread(resources.Ballast.fill, self.ctx.data_dir, leave, floor)
         except OSError as exc:
             raise FaultError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"fault.disk_fill: cannot write ballast in {self.ctx.data_dir}: {exc}") from None
         free = resources.free_bytes(self.ctx.data_dir)
-        detail = f"wrote {ballast.written} ballast bytes in {ballast.directory}; {free} bytes free"
-        return detail, lambda: asyncio.to_thread(ballast.remove)
+        bounded = f"the safe floor of {floor} bytes" if floor >= leave else f"leaveFreeBytes={leave}"
+        detail = (f"wrote {ballast.written} ballast bytes in {ballast.directory}; {free} bytes free "
+                  f"(filled down to {bounded}; the floor is {self.disk_floor})")
+        guard = asyncio.create_task(self._guard_floor(fault.id, ballast, floor)) if floor else None
+
+        async def remove() -> None:
+            if guard is not None:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
+            await asyncio.to_thread(ballast.remove)
+
+        return detail, remove
+
+    @staticmethod
+    async def _guard_floor(fault_id: str, ballast: resources.Ballast, floor: int) -> None:
+        """While the ballast is held, gives space back whenever free space drops below the floor."""
+        while True:
+            await asyncio.sleep(resources.FLOOR_GUARD_S)
+            try:
+                released = await asyncio.to_thread(ballast.trim, floor)
+            except OSError:
+                log.exception("fault %s: could not trim the ballast", fault_id)
+                continue
+            if released:
+                log.warning("fault %s: free space fell below the safe floor of %d bytes; released %d ballast "
+                            "bytes (%d held)", fault_id, floor, released, ballast.written)
 
 
 async def _noop() -> None:

@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", default="")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--agent-token", default=os.environ.get("FAULTLAB_AGENT_TOKEN", ""))
+    parser.add_argument("--disk-fill-floor", default=os.environ.get("FAULTLAB_DISK_FILL_FLOOR", "auto"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
         ctx = NodeContext(kind="echo", node_id=args.id, listen=args.listen, peers=parse_peers(args.peers),
-                          data_dir=Path(args.data_dir), agent_token=args.agent_token)
+                          data_dir=Path(args.data_dir), agent_token=args.agent_token,
+                          disk_fill_floor=args.disk_fill_floor)
         await serve(ctx)
 
     asyncio.run(run())

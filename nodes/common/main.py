@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "on the command line it is visible to every local user)")
         p.add_argument("--agent-token-file", default=env_default("agent_token_file"),
                        help="read the agent token from this file instead (FAULTLAB_AGENT_TOKEN_FILE)")
+        p.add_argument("--disk-fill-floor", default=env_default("disk_fill_floor", "auto"),
+                       help="free space the agent's diskFill ballast never takes the filesystem below: auto "
+                            "(1 GiB or 5%%, the larger), 0 on a volume of the member's own, a size (2GiB) or "
+                            "a percentage (10%%) (FAULTLAB_DISK_FILL_FLOOR)")
         p.add_argument("--log-level", default=env_default("log_level", "INFO"))
         module = importlib.import_module(module_name)
         if hasattr(module, "add_arguments"):
@@ -67,15 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"faultlab-node: {exc}")
     token = agent_token(args.agent_token, args.agent_token_file)
+    from faultlab.nodes.agent.resources import DiskFloor
+
+    try:
+        DiskFloor.parse(args.disk_fill_floor)
+    except ValueError as exc:
+        sys.exit(f"faultlab-node: --disk-fill-floor: {exc}")
     known = {"kind", "id", "listen", "advertise", "peers", "data_dir", "metrics_listen", "agent_token",
-             "agent_token_file", "log_level"}
+             "agent_token_file", "disk_fill_floor", "log_level"}
     options = {k: v for k, v in vars(args).items() if k not in known}
     module = importlib.import_module(KINDS[args.kind])
 
     async def run() -> None:
         ctx = NodeContext(kind=args.kind, node_id=args.id, listen=args.listen, advertise=args.advertise,
                           peers=peers, data_dir=Path(args.data_dir), agent_token=token,
-                          metrics_listen=args.metrics_listen, options=options)
+                          disk_fill_floor=args.disk_fill_floor, metrics_listen=args.metrics_listen,
+                          options=options)
         await module.serve(ctx)
 
     _install_fast_loop()

@@ -47,6 +47,9 @@ class NodeContext:
     data_dir: Path
     advertise: str = ""
     agent_token: str = ""
+    # Free space the fault agent's disk-fill ballast never takes the filesystem below
+    # ("auto", "0", "2GiB", "10%"; see faultlab.nodes.agent.resources.DiskFloor).
+    disk_fill_floor: str = "auto"
     metrics_listen: str = ""
     options: dict[str, str] = field(default_factory=dict)
     clock: Clock = CLOCK

@@ -129,6 +129,40 @@ async def test_disk_fill_with_ballast(node: EchoProcess) -> None:
         assert not ballast.exists()
 
 
+def ballast_bytes(data_dir: Path) -> int:
+    folder = data_dir / ".faultlab-ballast"
+    return sum(p.stat().st_size for p in folder.iterdir()) if folder.is_dir() else 0
+
+
+async def test_ballast_never_takes_the_shared_disk_below_the_node_floor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members of a local cluster share the host's disk: the floor bounds everything the ballast takes."""
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    floor = free - 48 * MIB
+    monkeypatch.setenv("FAULTLAB_DISK_FILL_FLOOR", str(floor))
+    started = start_echo_nodes(["f"], tmp_path, TOKEN)
+    node = started["f"]
+    filler = tmp_path / "another-member"
+    try:
+        async with AgentClient(node.address, TOKEN) as client:
+            # leaveFreeBytes far below the floor (0 would mean "as full as possible"): the floor wins
+            detail = await inject(client, "diskFill", {"leaveFreeBytes": free - 256 * MIB}, "fill")
+            assert "filled down to the safe floor" in detail, detail
+            held = ballast_bytes(node.data_dir)
+            assert 24 * MIB <= held <= 56 * MIB, held
+            # someone else on the same disk writes 24 MiB: the agent gives that much back
+            with open(filler, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, 24 * MIB)
+            await poll(lambda: ballast_bytes(node.data_dir) <= held - 16 * MIB, timeout=10,
+                       what="the ballast to shrink back above the floor")
+            await client.recover("fill")
+            assert not (node.data_dir / ".faultlab-ballast").exists()
+    finally:
+        node.stop()
+        filler.unlink(missing_ok=True)
+
+
 async def test_snapshot_corruption_flips_and_restores(node: EchoProcess) -> None:
     snap = node.data_dir / "snap"
     snap.mkdir(exist_ok=True)

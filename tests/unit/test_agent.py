@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,11 +12,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from faultlab.nodes.agent import attach_agent
+from faultlab.nodes.agent import attach_agent, resources
 from faultlab.nodes.agent.client import AgentClient, FaultSpecError, fault_from_spec, match_from_spec
 from faultlab.nodes.agent.faults import ACTIVE, FaultError, FaultRegistry, validate_fault
 from faultlab.nodes.agent.network import FROM_METADATA, NetworkFaults, TokenBucket, exempt, matches, sender_id
-from faultlab.nodes.agent.resources import CORRUPTION_DIR, Corruption, heal_leftover_corruption
+from faultlab.nodes.agent.resources import CORRUPTION_DIR, Corruption, DiskFloor, heal_leftover_corruption
 from faultlab.nodes.common import faults as process_faults
 from faultlab.nodes.common.clock import Clock
 from faultlab.nodes.common.node import NodeContext
@@ -24,6 +25,7 @@ from faultlab.protos.agent.v1 import agent_pb2 as pb
 PEER_SEND = "/faultlab.raft.v1.Peer/Send"
 KV_PUT = "/faultlab.raft.v1.KV/Put"
 TOKEN = "s3cret"
+MIB = 1 << 20
 
 
 async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
@@ -424,6 +426,70 @@ async def test_disk_fill_leaves_the_requested_free_space(agent_server) -> None:
         assert 16 * 1024 * 1024 <= size <= 48 * 1024 * 1024
         await client.recover("d")
         assert not ballast.exists()
+
+
+@pytest.mark.parametrize(("text", "min_bytes", "percent"), [
+    ("auto", 1 << 30, 5.0), ("", 1 << 30, 5.0), ("0", 0, 0.0), ("2GiB", 2 << 30, 0.0), ("512mb", 512 << 20, 0.0),
+    ("1.5G", 3 << 29, 0.0), ("4096", 4096, 0.0), ("10%", 0, 10.0),
+])
+def test_disk_floor_parse(text: str, min_bytes: int, percent: float) -> None:
+    assert DiskFloor.parse(text) == DiskFloor(min_bytes, percent)
+
+
+@pytest.mark.parametrize("text", ["lots", "-1G", "150%", "1 parsec"])
+def test_disk_floor_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="disk fill floor"):
+        DiskFloor.parse(text)
+
+
+def test_default_disk_floor_is_the_larger_of_1gib_and_5_percent(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    assert DiskFloor().bytes_for(tmp_path) == max(1 << 30, st.f_blocks * st.f_frsize * 5 // 100)
+    assert DiskFloor.parse("0").bytes_for(tmp_path) == 0
+
+
+def test_ballast_refuses_when_free_space_is_already_at_the_floor(tmp_path: Path) -> None:
+    floor = resources.free_bytes(tmp_path) + (1 << 30)
+    with pytest.raises(FaultError) as info:
+        resources.Ballast.fill(tmp_path, 0, floor)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "safe floor" in info.value.message and "enospc" in info.value.message
+    assert not (tmp_path / resources.BALLAST_DIR).exists()
+
+
+def test_ballast_stops_at_the_floor_and_gives_space_back_below_it(tmp_path: Path) -> None:
+    free = resources.free_bytes(tmp_path)
+    floor = free - 32 * MIB
+    # leave_free far below the floor, as `leaveFreeBytes: 0` would: the floor bounds the ballast
+    ballast = resources.Ballast.fill(tmp_path, max(0, free - 256 * MIB), floor)
+    try:
+        held = sum(p.stat().st_size for p in ballast.files)
+        assert 16 * MIB <= held <= 40 * MIB and held == ballast.written
+        filler = tmp_path / "someone-else"
+        with open(filler, "wb") as f:  # another member (or the host) writes 16 MiB on the shared disk
+            os.posix_fallocate(f.fileno(), 0, 16 * MIB)
+        released = ballast.trim(floor)
+        assert 8 * MIB <= released <= held
+        assert sum(p.stat().st_size for p in ballast.files) == held - released == ballast.written
+    finally:
+        ballast.remove()
+    assert not (tmp_path / resources.BALLAST_DIR).exists()
+
+
+async def test_disk_fill_through_the_agent_respects_the_node_floor(tmp_path: Path) -> None:
+    free = resources.free_bytes(tmp_path)
+    ctx = NodeContext(kind="echo", node_id="n1", listen="127.0.0.1:0", peers={}, data_dir=tmp_path,
+                      agent_token=TOKEN, clock=Clock(), disk_fill_floor=str(free - 32 * MIB))
+    agent = attach_agent(ctx)
+    assert agent is not None
+    fault = fault_from_spec("diskFill", {"leaveFreeBytes": max(0, free - 256 * MIB)}, id="d", ttl_seconds=60)
+    entry, _ = await agent.registry.inject(fault)
+    try:
+        held = sum(p.stat().st_size for p in (tmp_path / resources.BALLAST_DIR).iterdir())
+        assert held <= 40 * MIB and "safe floor" in entry.detail
+    finally:
+        await agent.close()
+    assert not (tmp_path / resources.BALLAST_DIR).exists()
 
 
 async def test_ttl_heals_clock_skew_although_the_clock_jumped(agent_server) -> None:

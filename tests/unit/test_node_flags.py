@@ -34,3 +34,19 @@ def test_bad_token_file_is_an_error_naming_it(tmp_path: Path, content: str | Non
 def test_token_and_token_file_together_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not both"):
         agent_token("a", str(tmp_path / "agent-token"))
+
+
+def test_bad_disk_fill_floor_is_refused_at_start(tmp_path: Path) -> None:
+    from faultlab.nodes.common.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["echo", "--id", "n1", "--data-dir", str(tmp_path), "--peers", "n1=127.0.0.1:1",
+              "--disk-fill-floor", "lots"])
+    assert "--disk-fill-floor" in str(exc.value) and "2GiB" in str(exc.value)
+
+
+def test_disk_fill_floor_defaults_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAULTLAB_DISK_FILL_FLOOR", raising=False)
+    assert build_parser().parse_args(["raft", "--id", "n1"]).disk_fill_floor == "auto"
+    monkeypatch.setenv("FAULTLAB_DISK_FILL_FLOOR", "0")
+    assert build_parser().parse_args(["raft", "--id", "n1"]).disk_fill_floor == "0"
