@@ -319,7 +319,7 @@ class Engine:
             await engine._connect()
             await engine._start_observers()
             await engine._rollback()
-            await engine._verify()
+            await engine._verify_resumed()
             engine.st.message = "interrupted: the engine stopped mid-run; rolled back on resume"
             engine.data.checks = [{"name": c, "result": "Unknown",
                                    "message": "the run was interrupted; its history is incomplete"}
@@ -361,18 +361,7 @@ class Engine:
             return
 
         await self._start_observers()
-        if self.spec.workload.enabled:
-            wl = self.spec.workload
-            rate = (wl.rate_limit / wl.clients) if wl.rate_limit else 0.0
-            cfg = WorkloadConfig(clients=wl.clients, keys=wl.keys, rate_per_client=rate,
-                                 read_fraction=wl.read_ratio, cas_fraction=wl.cas_ratio,
-                                 value_bytes=wl.value_bytes, seed=self.st.seed,
-                                 key_prefix=f"faultlab/{self.exp.name}/{self.st.run_id}")
-            self.data.workload = Workload({m: a.address for m, a in self.members.items()}, cfg,
-                                          History(clock=time.time))
-            await self.data.workload.start()
-            self._event("workload", f"workload started: {wl.clients} client(s) on {wl.keys} key(s), "
-                                    f"one pinned reader per member")
+        await self._start_workload(f"faultlab/{self.exp.name}/{self.st.run_id}")
 
         self._phase(Phase.STEADY_STATE_CHECK)
         warm_until = time.time() + self.opts.warmup_s
@@ -401,6 +390,20 @@ class Engine:
         await self._stop_workload()
         await self._checks()
         self._phase(Phase.COMPLETED)
+
+    async def _start_workload(self, key_prefix: str, why: str = "") -> None:
+        if not self.spec.workload.enabled:
+            return
+        wl = self.spec.workload
+        rate = (wl.rate_limit / wl.clients) if wl.rate_limit else 0.0
+        cfg = WorkloadConfig(clients=wl.clients, keys=wl.keys, rate_per_client=rate,
+                             read_fraction=wl.read_ratio, cas_fraction=wl.cas_ratio,
+                             value_bytes=wl.value_bytes, seed=self.st.seed, key_prefix=key_prefix)
+        self.data.workload = Workload({m: a.address for m, a in self.members.items()}, cfg,
+                                      History(clock=time.time))
+        await self.data.workload.start()
+        self._event("workload", f"workload started{why}: {wl.clients} client(s) on {wl.keys} key(s), "
+                                f"one pinned reader per member")
 
     def _record_plan(self, plan: list[StepPlan]) -> None:
         self.st.plan = [_step_dict(s) for s in plan]
@@ -1021,7 +1024,7 @@ class Engine:
             self._event("recover", f"confirmed {rec.id} gone from {rec.member}", fault=rec.id, member=rec.member)
         self._save()
 
-    async def _verify(self) -> None:
+    async def _verify(self, after: bool = True) -> None:
         self._phase(Phase.VERIFYING)
         if not self.spec.steady_state.probes:
             self.data.steady_after = True
@@ -1031,12 +1034,33 @@ class Engine:
         if ok:
             self.data.steady_regained_at = time.time()
             self._event("verify", "steady state verified after rollback")
-            if self.data.workload is not None:
-                await asyncio.sleep(self.opts.after_s)
+            if self.data.workload is not None and after:
+                await asyncio.sleep(self.opts.after_s)  # the workload's "after" period, for the report
         else:
             failing = ", ".join(f"{r.name}: {r.detail}" for r in self._latest.values() if not r.ok)
             self._event("verify", f"steady state NOT regained within {self.opts.recovery_timeout_s:g}s ({failing})")
         self._save()
+
+    async def _verify_resumed(self) -> None:
+        """A resumed run verifies the whole steady state again, workload probes included.
+
+        The interrupted run's workload died with its engine, so a fresh one (on keys of its own)
+        runs for the verification only: it measures the cluster after the rollback, and is then
+        dropped, so the report claims no availability or latency for a run whose history is lost.
+        """
+        await self._start_workload(f"faultlab/{self.exp.name}/{self.st.run_id}-resume{self.st.resumes}",
+                                   " to verify the steady state after the rollback")
+        try:
+            await self._verify(after=False)
+        finally:
+            wl = self.data.workload
+            if wl is not None:
+                await wl.stop()
+                ok = sum(1 for x in wl.samples if x.ok)
+                self._event("workload", f"verification workload stopped: {ok} of {len(wl.samples)} operation(s) "
+                                        f"succeeded")
+                await wl.close()
+                self.data.workload = None
 
     async def _stop_workload(self) -> None:
         wl = self.data.workload
