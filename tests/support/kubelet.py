@@ -11,7 +11,11 @@ it. A hosts file (`<hostname>.<subdomain>.<ns>.svc` and shorter forms), named to
 the processes by FAULTLAB_HOSTS_FILE, stands in for cluster DNS. It resolves env
 `valueFrom` (secretKeyRef, configMapKeyRef, fieldRef), `envFrom` and `$(VAR)`
 references, gives emptyDir/configMap/secret volumes a temporary directory (a
-path under a volume's mountPath in env or args is rewritten to it), reports
+path under a volume's mountPath in env or args is rewritten to it) and each
+PersistentVolumeClaim object a directory that outlives its pods (keyed by the
+claim's uid: a claim deleted and made again under the same name starts empty, as
+with a dynamically provisioned volume whose reclaimPolicy is Delete; a pod waits,
+Pending, while its claim is missing or being deleted), reports
 phase, pod IPs and readiness from the readiness probe (grpc via
 grpc.health.v1, tcpSocket, httpGet), restarts containers per restartPolicy and
 failing liveness probes, and on deletion stops the processes (SIGTERM, SIGKILL
@@ -215,18 +219,43 @@ class PodWorker(threading.Thread):
         self._last_status: JSON | None = None
         self._conditions: dict[str, JSON] = {}
         self.start_time = now()
+        self.message = ""  # why the pod cannot start yet (status.message)
 
     # ---- setup
 
-    def _setup_volumes(self) -> None:
+    def _setup_volumes(self) -> bool:
+        """Directories for the pod's volumes; False when the pod was deleted while waiting for a claim."""
         for vol in self.pod["spec"].get("volumes", []):
-            target = self.dir / "volumes" / vol["name"]
-            if "persistentVolumeClaim" in vol:  # survives the pod: keyed by claim
-                target = self.kubelet.workdir / "pvc" / self.namespace / vol["persistentVolumeClaim"]["claimName"]
+            target: Path | None = self.dir / "volumes" / vol["name"]
+            if "persistentVolumeClaim" in vol:
+                target = self._claim_dir(vol["persistentVolumeClaim"]["claimName"])
+                if target is None:
+                    return False
+            assert target is not None
             target.mkdir(parents=True, exist_ok=True)
             if "configMap" in vol or "secret" in vol:
                 self._fill_volume(vol, target)
             self.volumes[vol["name"]] = target
+        return True
+
+    def _claim_dir(self, claim: str) -> Path | None:
+        """The directory of the claim object named `claim` (it outlives pods, not the claim); waits while the
+        claim is missing or being deleted, as a pod stays Pending until its volume can be attached."""
+        root = self.kubelet.workdir / "pvc" / self.namespace
+        while not self.stopping.is_set():
+            pvc = self.kubelet.kube.get(path("PersistentVolumeClaim", self.namespace, claim))
+            if pvc is not None and not pvc["metadata"].get("deletionTimestamp"):
+                mine = f"{claim}_{pvc['metadata']['uid']}"  # "_" never occurs in a claim's name
+                for old in root.glob(f"{claim}_*"):  # earlier claims of this name are deleted: so is their data
+                    if old.name != mine:
+                        shutil.rmtree(old, ignore_errors=True)
+                self.message = ""
+                return root / mine
+            self.message = (f'persistentvolumeclaim "{claim}" not found' if pvc is None
+                            else f'persistentvolumeclaim "{claim}" is being deleted')
+            self._publish()
+            self.stopping.wait(0.5)
+        return None
 
     def _fill_volume(self, vol: JSON, target: Path) -> None:
         import base64
@@ -355,7 +384,7 @@ class PodWorker(threading.Thread):
             return
         Path(cwd).mkdir(parents=True, exist_ok=True)
         with open(c.log_path, "ab") as log:
-            log.write(f"--- {now()} start: {' '.join(argv)}\n".encode())
+            log.write(f"--- {now()} start (pod {self.uid}): {' '.join(argv)}\n".encode())
             log.flush()
             c.proc = subprocess.Popen(_with_parent_death(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -437,6 +466,8 @@ class PodWorker(threading.Thread):
         if self.ip:
             status["podIP"] = self.ip
             status["podIPs"] = [{"ip": self.ip}]
+        if self.message:
+            status["message"] = self.message
         return status
 
     def _publish(self) -> None:
@@ -468,7 +499,8 @@ class PodWorker(threading.Thread):
         (self.dir / "home").mkdir(exist_ok=True)
         ports = [int(p["containerPort"]) for c in self.pod["spec"]["containers"] for p in c.get("ports", [])]
         self.ip = self.kubelet.allocate_ip(ports)
-        self._setup_volumes()
+        if not self._setup_volumes():
+            return
         self.kubelet.set_host(self)
         logs = self.kubelet.workdir / "logs"
         logs.mkdir(exist_ok=True)
@@ -604,9 +636,14 @@ class TestKubelet:
                     return w.ip or None
         return None
 
-    def logs(self, namespace: str, name: str, container: str | None = None) -> str:
+    def logs(self, namespace: str, name: str, container: str | None = None, *, uid: str | None = None) -> str:
+        """Output of the pod's containers (every pod of that name so far, or only the one with `uid`)."""
         pattern = f"{namespace}_{name}_{container or '*'}.log"
-        return "".join(p.read_text(errors="replace") for p in sorted((self.workdir / "logs").glob(pattern)))
+        text = "".join(p.read_text(errors="replace") for p in sorted((self.workdir / "logs").glob(pattern)))
+        if uid is None:
+            return text
+        runs = re.split(r"(?m)^(?=--- \S+ start \(pod )", text)  # one run per container start
+        return "".join(run for run in runs if f" start (pod {uid}): " in run.split("\n", 1)[0])
 
     def pid(self, namespace: str, name: str, container: str | None = None) -> int | None:
         with self._lock:
