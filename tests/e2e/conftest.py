@@ -2,13 +2,17 @@
 
 In `make test` the cluster is the control-plane fixture, pods run on the test
 kubelet (tests/support/kubelet.py) and are reached at their loopback IPs, and the
-operator runs as a local process under its ServiceAccount (deploy/rbac, a
-TokenRequest kubeconfig) — never as admin.
+operator runs as a local process exactly as the Helm chart would run it (the
+command line, environment and grace period of its Deployment) under the chart's
+rendered ServiceAccount, Role, RoleBinding and leader-election Role for the
+watched namespace (`helm template helm/faultlab`, a TokenRequest kubeconfig) —
+never as admin, so a verb the chart does not grant fails a test.
 
 On an existing cluster (FAULTLAB_K8S_EXISTING=<kubeconfig>, e.g. kind) pods are
 reached through `kubectl port-forward`; with FAULTLAB_E2E_OPERATOR=installed the
 tests use the operator the cluster already runs (the Helm chart's Deployment in
-FAULTLAB_E2E_OPERATOR_NAMESPACE, named FAULTLAB_E2E_OPERATOR_DEPLOYMENT).
+FAULTLAB_E2E_OPERATOR_NAMESPACE, named FAULTLAB_E2E_OPERATOR_DEPLOYMENT), which
+runs under the chart's RBAC by construction.
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ from tests.e2e.harness import (
     InstalledOperator,
     OperatorProcess,
     PodAccess,
+    chart_operator,
     delete_namespace,
     ensure_namespace,
+    install_chart_rbac,
     install_crds,
-    install_rbac,
+    remove_cluster_rbac,
     service_account_kubeconfig,
     wait_rbac_effective,
 )
-from tests.support.k8s_control_plane import ControlPlane
-from tests.support.k8s_pytest import control_plane, kubeconfig  # noqa: F401
+from tests.support.k8s_control_plane import BuildError, ControlPlane
+from tests.support.k8s_pytest import control_plane, in_ci, kubeconfig  # noqa: F401
 from tests.support.kubelet import TestKubelet
 
 E2E_NS = "faultlab-e2e"
@@ -65,7 +71,7 @@ def kubelet(control_plane: ControlPlane, admin: Kube,  # noqa: F811
 @pytest.fixture(scope="session")
 def pods(admin: Kube, kubelet: TestKubelet | None, control_plane: ControlPlane) -> Iterator[PodAccess]:  # noqa: F811
     access = PodAccess(admin, kubectl=control_plane.kubectl_path, kubeconfig=control_plane.admin_kubeconfig,
-                       direct=kubelet is not None)
+                       direct=kubelet is not None, kubelet=kubelet)
     yield access
     access.close()
 
@@ -81,16 +87,23 @@ def operator(admin: Kube, crds: None, kubelet: TestKubelet | None, control_plane
         installed.wait_healthy()
         yield installed  # type: ignore[misc]
         return
-    install_rbac(admin, OPERATOR_NS, [E2E_NS])
+    try:
+        chart = chart_operator(OPERATOR_NS, [E2E_NS])
+    except BuildError as exc:  # no helm here (a chart helm refuses is a failure)
+        if in_ci():
+            pytest.fail(f"CI=true: cannot render the Helm chart the operator runs under: {exc}", pytrace=False)
+        pytest.skip(f"cannot render the Helm chart the operator runs under: {exc}")
+    install_chart_rbac(admin, chart)
     work = tmp_path_factory.mktemp("operator")
     config = service_account_kubeconfig(admin, control_plane.admin_kubeconfig, OPERATOR_NS,
-                                        work / "operator.kubeconfig")
+                                        work / "operator.kubeconfig", name=chart.service_account)
     wait_rbac_effective(config, E2E_NS)
-    op = OperatorProcess(config, [E2E_NS], OPERATOR_NS, work / "operator.log").start()
-    op.wait_healthy()
-    yield op
-    op.stop()
-    if control_plane.owned:
-        delete_namespace(admin, E2E_NS)
-
-
+    op = OperatorProcess(config, chart, work / "operator.log").start()
+    try:
+        op.wait_healthy()
+        yield op
+    finally:
+        op.stop()
+        remove_cluster_rbac(admin, chart)
+        if control_plane.owned:
+            delete_namespace(admin, E2E_NS)

@@ -1,10 +1,16 @@
 """What the k8s and e2e tiers need around a cluster: CRDs, the operator's RBAC and identity, the operator
 process, and one way to reach pods.
 
-The operator runs as its ServiceAccount, never as admin: admin applies
-deploy/rbac (ServiceAccount, the ClusterRole bound in the watched namespace with a
-RoleBinding, the leader-election Role), then a TokenRequest gives a token for a
-kubeconfig the operator process uses.
+The operator runs as the Helm chart installs it, never as admin: `chart_operator` renders
+helm/faultlab (`helm template`) for the watched namespaces and takes its ServiceAccount, Roles,
+ClusterRoles and bindings plus the Deployment's command line, environment and grace period;
+admin applies the RBAC, a TokenRequest gives that ServiceAccount's token for the kubeconfig the
+operator process uses. A verb missing from the chart (deploy/rbac, copied by tools/sync_chart.py)
+is a 403 the tests see. On a cluster that runs the chart's Deployment
+(FAULTLAB_E2E_OPERATOR=installed) `InstalledOperator` stands in for the process.
+
+Either way `kill()` stops the operator as a pod deletion does: SIGTERM, then SIGKILL once the
+chart's terminationGracePeriodSeconds has passed.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from faultlab.operator.reconcile.kube import ApiError, Kube, path
+from tests.support import chart_rbac
+
+if TYPE_CHECKING:
+    from tests.support.kubelet import TestKubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 RBAC_DIR = ROOT / "deploy" / "rbac"
@@ -100,7 +111,10 @@ def install_crds(kube: Kube, timeout: float = 60) -> None:
 
 
 def rbac_objects(operator_ns: str, watched: list[str]) -> list[dict[str, Any]]:
-    """deploy/rbac as the operator needs it here: its namespace set, the ClusterRole bound per watched namespace."""
+    """deploy/rbac itself (the chart's source), its namespace set, the ClusterRole bound per watched namespace.
+
+    For tests of deploy/rbac's own files; the e2e operator runs under the chart's rendering (`chart_operator`).
+    """
     objs: list[dict[str, Any]] = []
     for name in ("service_account.yaml", "cluster_role.yaml", "leader_election.yaml"):
         objs.extend(d for d in yaml.safe_load_all((RBAC_DIR / name).read_text()) if d)
@@ -117,12 +131,57 @@ def rbac_objects(operator_ns: str, watched: list[str]) -> list[dict[str, Any]]:
     return objs
 
 
-def install_rbac(kube: Kube, operator_ns: str, watched: list[str]) -> None:
-    ensure_namespace(kube, operator_ns)
-    for ns in watched:
+@dataclass
+class ChartOperator:
+    """The operator as `helm template` of helm/faultlab renders it for these namespaces."""
+
+    namespace: str  # the release namespace: its ServiceAccount and leader Lease live there
+    watched: list[str]  # empty: cluster-wide mode
+    rbac: list[dict[str, Any]]  # ServiceAccount, (Cluster)Roles and their bindings
+    service_account: str
+    args: list[str]  # the container's args (after its command, `faultlab`)
+    env: dict[str, str]  # the container's env with the Deployment's fieldRefs resolved
+    grace_seconds: float  # terminationGracePeriodSeconds: SIGTERM to SIGKILL
+
+
+def chart_operator(namespace: str, watched: list[str], *, release: str = chart_rbac.DEFAULT_RELEASE) -> ChartOperator:
+    objects = chart_rbac.render(chart_rbac.chart_values(watched), release=release, namespace=namespace)
+    rbac = [o for o in objects if o.get("kind") in chart_rbac.RBAC_KINDS]
+    deployment = chart_rbac.deployment(objects)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    if container.get("command") != ["faultlab"]:
+        raise AssertionError(f"the chart's operator command is {container.get('command')}, expected ['faultlab']")
+    fields = {"metadata.namespace": namespace, "metadata.name": f"{deployment['metadata']['name']}-e2e"}
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") in fields:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            raise AssertionError(f"the chart sets env {var['name']} from {var.get('valueFrom')}: teach "
+                                 "tests/e2e/harness.py chart_operator to resolve it")
+    return ChartOperator(namespace=namespace, watched=list(watched), rbac=rbac,
+                         service_account=chart_rbac.service_account_name(rbac),
+                         args=[str(a) for a in container.get("args", [])], env=env,
+                         grace_seconds=float(pod.get("terminationGracePeriodSeconds", 30)))
+
+
+def install_chart_rbac(kube: Kube, chart: ChartOperator) -> None:
+    """Namespaces (the operator's and the watched ones), then the chart's RBAC objects, as admin."""
+    for ns in (chart.namespace, *chart.watched):
         ensure_namespace(kube, ns)
-    for obj in rbac_objects(operator_ns, watched):
+    for obj in chart.rbac:
         apply(kube, obj)
+
+
+def remove_cluster_rbac(kube: Kube, chart: ChartOperator) -> None:
+    """The chart's cluster-scoped grants (namespaced ones go with their namespaces)."""
+    for obj in chart.rbac:
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            with contextlib.suppress(ApiError):
+                kube.delete(path(obj["kind"], name=obj["metadata"]["name"]))
 
 
 def service_account_kubeconfig(kube: Kube, admin_kubeconfig: Path, namespace: str, out: Path,
@@ -158,29 +217,37 @@ def wait_rbac_effective(kubeconfig: Path, namespace: str) -> None:
 
 
 class OperatorProcess:
-    """`faultlab operator run` as a child process with the ServiceAccount's kubeconfig."""
+    """`faultlab operator run` as a child process: the chart's command line and environment, with the
+    ServiceAccount's kubeconfig and loopback health/metrics ports."""
 
-    def __init__(self, kubeconfig: Path, namespaces: list[str], lease_namespace: str, log_path: Path,
-                 lease_duration: float = 3.0) -> None:
+    def __init__(self, kubeconfig: Path, chart: ChartOperator, log_path: Path, lease_duration: float = 3.0) -> None:
         self.kubeconfig = kubeconfig
-        self.namespaces = namespaces
-        self.lease_namespace = lease_namespace
+        self.chart = chart
         self.log_path = log_path
-        self.lease_duration = lease_duration
+        self.lease_duration = lease_duration  # short, so a successor of a SIGKILLed one takes over soon
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
+        self.last_stop = ""  # how the last kill()/stop() ended, for failure messages
+
+    def argv(self) -> list[str]:
+        local = {"--health-listen": f"127.0.0.1:{self.health_port}",
+                 "--metrics-listen": f"127.0.0.1:{self.metrics_port}"}
+        args = []
+        for arg in self.chart.args:
+            flag, eq, value = arg.partition("=")
+            args.append(f"{flag}={local[flag]}" if eq and flag in local and value else arg)
+        return [sys.executable, "-m", "faultlab.operator.cli", *args, f"--kubeconfig={self.kubeconfig}",
+                f"--lease-duration={self.lease_duration}"]
 
     def start(self) -> OperatorProcess:
         self.health_port, self.metrics_port = free_port(), free_port()
-        argv = [sys.executable, "-m", "faultlab.operator.reconcile.commands", "run",
-                *[f"--namespace={ns}" for ns in self.namespaces], f"--lease-namespace={self.lease_namespace}",
-                f"--lease-duration={self.lease_duration}", f"--health-listen=127.0.0.1:{self.health_port}",
-                f"--metrics-listen=127.0.0.1:{self.metrics_port}", f"--kubeconfig={self.kubeconfig}"]
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
+        env.update(self.chart.env)
         env["PYTHONUNBUFFERED"] = "1"
+        argv = self.argv()
         with open(self.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%H:%M:%S')} start\n".encode())
+            log.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(argv[1:])}\n".encode())
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, cwd=ROOT, start_new_session=True)
         return self
@@ -206,19 +273,35 @@ class OperatorProcess:
             return str(resp.read().decode())
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup, no Lease release — as a crashed or evicted operator."""
+        """Stop it as deleting its pod does: SIGTERM to the operator (the container's PID 1), SIGKILL to
+        whatever is left once the chart's terminationGracePeriodSeconds has passed."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        t0 = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=self.chart.grace_seconds)
+            self.last_stop = f"exited {code} {time.monotonic() - t0:.1f}s after SIGTERM"
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.last_stop = f"still running {self.chart.grace_seconds:.0f}s after SIGTERM: SIGKILLed"
+        with contextlib.suppress(ProcessLookupError):  # the rest of the container dies with PID 1
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- {time.strftime('%H:%M:%S')} {self.last_stop}\n".encode())
+
+    def crash(self) -> None:
+        """SIGKILL: no cleanup, no Lease release — a process that dies without warning (an OOM kill)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+            self.last_stop = "SIGKILLed"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        self.kill()
 
     def logs(self, tail: int = 60) -> str:
         try:
@@ -234,15 +317,17 @@ class PodAccess:
     """host:port of a pod's port as the test process can dial it.
 
     With the test kubelet that is the pod's own (loopback) IP; on a real cluster
-    (kind) it is a `kubectl port-forward` kept open per pod.
+    (kind) it is a `kubectl port-forward` kept open per pod. `logs()` reads a pod's
+    container log the same two ways.
     """
 
     def __init__(self, kube: Kube, *, kubectl: Path | None = None, kubeconfig: Path | None = None,
-                 direct: bool = True) -> None:
+                 direct: bool = True, kubelet: TestKubelet | None = None) -> None:
         self.kube = kube
         self.kubectl = kubectl
         self.kubeconfig = kubeconfig
         self.direct = direct
+        self.kubelet = kubelet
         self._forwards: dict[tuple[str, str, int], tuple[str, subprocess.Popen[bytes], str]] = {}
 
     def address(self, namespace: str, pod: str, port: int) -> str:
@@ -275,6 +360,19 @@ class PodAccess:
         self._forwards[key] = (address, proc, uid)
         return address
 
+    def logs(self, namespace: str, pod: str, container: str) -> str:
+        """The container's output in the pod that has this name now (not in earlier pods of that name)."""
+        obj = self.kube.get(path("Pod", namespace, pod))
+        if obj is None:
+            raise LookupError(f"no pod {namespace}/{pod}")
+        if self.kubelet is not None:
+            return self.kubelet.logs(namespace, pod, container, uid=obj["metadata"]["uid"])
+        assert self.kubectl is not None and self.kubeconfig is not None
+        out = subprocess.run([str(self.kubectl), f"--kubeconfig={self.kubeconfig}", "-n", namespace, "logs",
+                              f"pod/{pod}", "-c", container], capture_output=True, text=True, timeout=30,
+                             check=False)
+        return out.stdout
+
     def close(self) -> None:
         for _, proc, _ in self._forwards.values():
             with contextlib.suppress(OSError):
@@ -290,7 +388,8 @@ def delete_namespace(kube: Kube, name: str) -> None:
 class InstalledOperator:
     """The operator a real cluster already runs (the Helm chart's Deployment), behind OperatorProcess's interface.
 
-    `kill()` deletes its pods with grace 0 (a crash: no Lease release); the Deployment brings a new one.
+    `kill()` deletes its pods as `kubectl delete pod` does (their own grace period: SIGTERM, SIGKILL
+    after terminationGracePeriodSeconds) and waits until they are gone; the Deployment brings a new one.
     """
 
     def __init__(self, kube: Kube, pods: PodAccess, namespace: str, deployment: str, kubectl: Path,
@@ -301,6 +400,7 @@ class InstalledOperator:
         self.deployment = deployment
         self.kubectl = kubectl
         self.kubeconfig = kubeconfig
+        self.last_stop = ""
 
     def _selector(self) -> str:
         dep = self.kube.get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.deployment}")
@@ -333,8 +433,20 @@ class InstalledOperator:
             return str(resp.read().decode())
 
     def kill(self) -> None:
-        for pod in self._pods():
-            self.kube.delete(path("Pod", self.namespace, pod["metadata"]["name"]), grace_seconds=0)
+        pods = self._pods()
+        t0 = time.monotonic()
+        for pod in pods:
+            self.kube.delete(path("Pod", self.namespace, pod["metadata"]["name"]), uid=pod["metadata"]["uid"])
+        uids = {p["metadata"]["uid"] for p in pods}
+        grace = max([float(p["spec"].get("terminationGracePeriodSeconds", 30)) for p in pods] or [0])
+
+        def gone() -> bool:
+            return not uids & {p["metadata"]["uid"] for p in self.kube.list(path("Pod", self.namespace),
+                                                                              labels=self._selector())}
+
+        wait_for(gone, timeout=grace + 60, what=f"the deleted operator pods to terminate (grace {grace:.0f}s)",
+                 describe=self.logs)
+        self.last_stop = f"{len(pods)} pod(s) deleted, gone after {time.monotonic() - t0:.1f}s"
 
     def stop(self) -> None:
         return None  # it belongs to the cluster

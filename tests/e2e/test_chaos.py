@@ -1,5 +1,6 @@
 """ChaosExperiments through the operator: a leader partition with a checked verdict, and an operator
-killed mid-experiment that resumes, rolls back and completes."""
+killed mid-experiment (as deleting its pod does: SIGTERM, SIGKILL after the grace period) that
+resumes, rolls back and completes."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def describe(admin: Kube, name: str, operator: OperatorProcess) -> str:
     st = chaos_status(admin, name)
     slim = {k: st.get(k) for k in ("phase", "verdict", "message", "mttrSeconds", "availability")}
     timeline = [f"{e.get('time')} {e.get('message')}" for e in st.get("timeline", [])[-25:]]
-    return f"status: {slim}\ntimeline: {timeline}\noperator log:\n{operator.logs(40)}"
+    stopped = f"\nlast operator stop: {operator.last_stop}" if operator.last_stop else ""
+    return f"status: {slim}\ntimeline: {timeline}{stopped}\noperator log:\n{operator.logs(40)}"
 
 
 def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
@@ -120,7 +122,7 @@ def test_operator_killed_mid_experiment_resumes_and_rolls_back(cluster: Cluster,
 
     wait_for(injected, timeout=90, what="the first injection", describe=lambda: describe(admin, name, operator))
     assert any(active_faults(admin, cluster).values()), "a fault should be in effect"
-    operator.kill()
+    operator.kill()  # SIGTERM, as a pod deletion on a real cluster; SIGKILL only after the grace period
     operator.start()
     st = wait_for(lambda: (s := chaos_status(admin, name)).get("phase") == "Completed" and s.get("verdict") and s,
                   timeout=120, what="the resumed experiment to complete",

@@ -1,8 +1,10 @@
 """The Helm chart's rendered objects, for tests that run the operator as the chart would.
 
-The e2e and k8s tiers use this to run the operator under exactly the ServiceAccount and
-RBAC the chart installs, so a verb missing from ``deploy/rbac/`` fails a test instead of
-a user's cluster::
+The e2e tier runs its operator under exactly the ServiceAccount and RBAC the chart installs
+(tests/e2e/harness.py ``chart_operator``: these objects plus the Deployment's command line,
+environment and grace period), and tests/k8s/test_helm.py checks the grants with
+``kubectl auth can-i``, so a verb missing from ``deploy/rbac/`` (the chart's source, copied
+by ``tools/sync_chart.py``) fails a test instead of a user's cluster::
 
     from tests.support import chart_rbac
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -42,7 +45,11 @@ class HelmError(RuntimeError):
 
 
 def helm_binary() -> Path:
-    """The helm built with the control plane (``FAULTLAB_K8S_BIN``, the cache, or a build)."""
+    """The helm built with the control plane (``FAULTLAB_K8S_BIN``, the cache, or a build).
+
+    Against an existing cluster (``FAULTLAB_K8S_EXISTING``, e.g. kind) a helm on PATH is used
+    before building one, as kubectl is.
+    """
     override = os.environ.get("FAULTLAB_K8S_BIN")
     if override:
         path = Path(override).resolve() / "helm"
@@ -52,6 +59,9 @@ def helm_binary() -> Path:
     cached = cached_bin_dir() / "helm"
     if cached.is_file():
         return cached
+    found = shutil.which("helm") if os.environ.get("FAULTLAB_K8S_EXISTING") else None
+    if found is not None:
+        return Path(found).resolve()
     path = ensure_binaries() / "helm"
     if not path.is_file():
         raise BuildError(f"tools/k8s/build.sh did not produce {path}")
