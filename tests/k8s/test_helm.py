@@ -229,6 +229,7 @@ def test_namespaced_rbac_grants_only_the_watched_namespaces(crds_applied: Contro
     wait_granted(crds_applied, sa, "create", "pods", team_a)
     wait_granted(crds_applied, sa, "create", "leases.coordination.k8s.io", operator_ns)
     assert can_i(crds_applied, sa, "patch", "raftclusters.faultlab.dev/status", team_a)
+    assert can_i(crds_applied, sa, "delete", "persistentvolumeclaims", team_a), "scale-down deletes a member's PVC"
     assert can_i(crds_applied, sa, "create", "leases.coordination.k8s.io", operator_ns)
     assert not can_i(crds_applied, sa, "create", "pods", team_b), "an unwatched namespace must be out of reach"
     assert not can_i(crds_applied, sa, "list", "secrets", team_a), "secrets: get and create only"
