@@ -456,8 +456,19 @@ class Schedule(ApiModel):
 
     cron: str = Field(description="Cron expression (5 fields), e.g. '0 3 * * 1-5'.")
     window: Window | None = Field(default=None, description="Only start runs inside this window.")
-    concurrency_policy: Literal["Forbid", "Allow"] = Field(
-        default="Forbid", description="Forbid: skip a run while the previous one is still going.")
+    concurrency_policy: Literal["Forbid"] = Field(
+        default="Forbid",
+        description="Forbid (the only policy): a cron time that falls due while the previous run is still going "
+                    "is skipped. Allow is not supported: an experiment has one journal, so its runs never overlap.")
+
+    @field_validator("concurrency_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        if value == "Allow":
+            raise ValueError("Allow is not supported: an experiment has one journal (its status on Kubernetes), so "
+                             "its runs cannot overlap; use Forbid (the default: a due run is skipped while the "
+                             "previous one is going), or a second ChaosExperiment for a parallel schedule")
+        return value
 
     @field_validator("cron")
     @classmethod

@@ -176,7 +176,7 @@ def schedule_step(schedule: Schedule, now: datetime, last_scheduled: datetime | 
     """The decision glue: :func:`decide` plus the operator's rule of one run at a time per experiment.
 
     Every due cron time is recorded as lastScheduleTime whether it ran or was skipped, so it is acted on once.
-    Under Allow a due time while a run is going is skipped too: the experiment's status holds one journal.
+    A due time while a run is going is skipped (Forbid, the only policy: the experiment's status holds one journal).
     """
     d = decide(schedule, now, last_scheduled, running, created=created)
     nxt = f"; next run at {d.next_at.isoformat()}" if d.next_at else ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from faultlab.operator.api import Schedule
 from faultlab.operator.chaos.scheduler import Scheduler, decide, in_window, next_run
 
@@ -43,7 +45,21 @@ def test_decide_due_missed_and_forbid() -> None:
     assert missed.run and missed.scheduled_for == at(11, 0), "missed times collapse into the latest"
     forbid = decide(s, at(10, 5), last_scheduled=at(9, 55), running=True)
     assert not forbid.run and "Forbid" in forbid.reason
-    assert decide(sched("*/10 * * * *", policy="Allow"), at(10, 5), last_scheduled=at(9, 55), running=True).run
+
+
+def test_concurrency_policy_allow_is_rejected_naming_the_field() -> None:
+    from faultlab.operator.api import Resource, ResourceError
+
+    with pytest.raises(ResourceError) as info:
+        Resource.parse({"kind": "ChaosExperiment", "metadata": {"name": "e"},
+                        "spec": {"target": {"name": "d"}, "faults": [{"name": "f", "type": "delay"}],
+                                 "schedule": {"cron": "0 3 * * *", "concurrencyPolicy": "Allow"}}})
+    msg = str(info.value)
+    assert "spec.schedule.concurrencyPolicy" in msg and "Allow is not supported" in msg and "use Forbid" in msg
+    from faultlab.operator.api.crd import crd
+
+    props = crd("ChaosExperiment")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert props["properties"]["schedule"]["properties"]["concurrencyPolicy"]["enum"] == ["Forbid"]
 
 
 def test_scheduler_loop_honours_forbid() -> None:
