@@ -685,7 +685,9 @@ class TimelineEvent(ApiModel):
     """One thing that happened during the experiment."""
 
     time: datetime = Field(description="When.")
-    type: str = Field(description="Kind of event, e.g. PhaseChanged, FaultInjected, ProbeFailed, Aborted.")
+    type: str = Field(
+        description="Kind of event: start, plan, replan, workload, phase, step, inject, recover, restart, pause, "
+                    "leader, steady, breach, abort, error, rollback, verify, check, resume, verdict.")
     message: str = Field(default="", description="What happened.")
     member: str | None = Field(default=None, description="Member concerned, if any.")
     fault: str | None = Field(default=None, description="Fault concerned, if any.")
@@ -702,10 +704,13 @@ class ChaosExperimentStatus(ApiModel):
     availability: float | None = Field(default=None, ge=0, le=1,
                                        description="Fraction of workload operations that succeeded.")
     error_rate: float | None = Field(default=None, ge=0, le=1, description="Fraction of operations that failed.")
-    mttr_seconds: float | None = Field(default=None, ge=0,
-                                       description="Mean time from fault recovery to steady state again.")
+    mttr_seconds: float | None = Field(
+        default=None, ge=0,
+        description="Time to recover: from the first fault's injection until steady state held again (for 1s) "
+                    "after its first breach; 0 if steady state never broke, unset if it was not regained.")
     time_to_detect_seconds: float | None = Field(
-        default=None, ge=0, description="From injection to the first probe failing.")
+        default=None, ge=0,
+        description="From the first fault's injection to the first steady-state breach; unset if it never broke.")
     latency: LatencySummary = Field(default_factory=LatencySummary, description="Latency per period.")
     checks: list[CheckResult] = Field(default_factory=list, description="History check results.")
     injected_faults: list[InjectedFault] = Field(default_factory=list, description="Faults injected, per member.")

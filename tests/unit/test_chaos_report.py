@@ -98,3 +98,20 @@ def test_plot_axes_scale_to_the_data() -> None:
     from faultlab.operator.chaos.plot import _nice_max
 
     assert [_nice_max(v) for v in (0.3, 80, 110, 999, 1001, 4200)] == [0.5, 100, 200, 1000, 2000, 5000]
+
+
+def test_status_docs_match_what_the_engine_records() -> None:
+    """status.timeline[].type lists the kinds the engine really emits; mttrSeconds says what compute_mttr does."""
+    from pathlib import Path
+
+    from faultlab.operator.api.chaos import ChaosExperimentStatus, TimelineEvent
+    from faultlab.operator.chaos import engine
+
+    described = TimelineEvent.model_fields["type"].description or ""
+    listed = set(re.findall(r"[a-z]+", described.split(":", 1)[1]))
+    emitted = set(re.findall(r'_event\("([a-z]+)"', Path(engine.__file__).read_text()))
+    assert emitted and emitted == listed, f"undocumented: {emitted - listed}, never emitted: {listed - emitted}"
+    mttr = ChaosExperimentStatus.model_fields["mttr_seconds"].description or ""
+    assert "injection" in mttr and "recovery to" not in mttr
+    ttd, value, _ = compute_mttr([(1.0, True), (2.0, False), (3.0, True), (4.5, True)], fault_start=1.0)
+    assert (ttd, value) == (1.0, 2.0), "MTTR counts from injection, not from the fault's recovery"
