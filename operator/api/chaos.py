@@ -687,7 +687,8 @@ class TimelineEvent(ApiModel):
     time: datetime = Field(description="When.")
     type: str = Field(
         description="Kind of event: start, plan, replan, workload, phase, step, inject, recover, restart, pause, "
-                    "leader, steady, breach, abort, error, rollback, verify, check, resume, verdict.")
+                    "leader, steady, breach, abort, error, rollback, verify, check, handover (the operator shut down "
+                    "mid-run: faults rolled back, run left for the next operator), resume, verdict.")
     message: str = Field(default="", description="What happened.")
     member: str | None = Field(default=None, description="Member concerned, if any.")
     fault: str | None = Field(default=None, description="Fault concerned, if any.")

@@ -230,6 +230,7 @@ class Engine:
         self._step: StepPlan | None = None
         self._t0: float | None = None
         self._stopping = False
+        self._handover: str | None = None
 
     # ------------------------------------------------------------------ small helpers
 
@@ -291,43 +292,69 @@ class Engine:
             self._phase(Phase.FAILED, self.st.message)
         except BaseException:
             # Anything unexpected (including cancellation): never leave faults behind.
-            await asyncio.shield(self._emergency_rollback())
+            await asyncio.shield(self._interrupted_rollback())
             raise
         finally:
             await self._shutdown()
         return self._finish()
 
-    @classmethod
-    async def resume(cls, store: StateStore, runtime: Runtime, options: EngineOptions | None = None,
-                     *, force: bool = False) -> dict[str, Any] | None:
-        """Finish an interrupted run from its journal: roll back, verify, report. None if nothing to do.
+    def hand_over(self, reason: str) -> None:
+        """Make the next cancellation a hand-over to a successor engine (the operator is shutting down).
 
-        ``force`` also rolls back a finished run whose journal still lists faults not confirmed recovered.
+        The engine still rolls back every fault before it exits (safety first), but leaves its journal
+        non-terminal, so the next engine resumes it (:meth:`resume`) and finishes the run with a verdict
+        that says it was interrupted. Without this, cancelling closes the run as Aborted.
+        """
+        self._handover = reason
+
+    @classmethod
+    def from_journal(cls, store: StateStore, runtime: Runtime, options: EngineOptions | None = None,
+                     *, force: bool = False) -> Engine | None:
+        """An engine for the interrupted run in `store` (see :meth:`finish_interrupted`); None if nothing to do.
+
+        ``force`` also takes a finished run whose journal still lists faults not confirmed recovered.
         """
         state = store.load()
         if state is None or (state.terminal and not (force and state.outstanding())):
             return None
-        exp = ChaosExperiment.model_validate(state.spec)
-        engine = cls(exp, runtime, store, options)
+        engine = cls(ChaosExperiment.model_validate(state.spec), runtime, store, options)
         engine.state = state
+        return engine
+
+    @classmethod
+    async def resume(cls, store: StateStore, runtime: Runtime, options: EngineOptions | None = None,
+                     *, force: bool = False) -> dict[str, Any] | None:
+        """Finish an interrupted run from its journal: roll back, verify, report. None if nothing to do."""
+        engine = cls.from_journal(store, runtime, options, force=force)
+        return None if engine is None else await engine.finish_interrupted()
+
+    async def finish_interrupted(self) -> dict[str, Any]:
+        """Roll back what the journal says may still be in effect, verify, report (Inconclusive: interrupted)."""
+        state = self.st
         state.interrupted = True
         state.resumes += 1
-        engine._event("resume", f"engine resumed in phase {state.phase.value}: rolling back "
-                                f"{len(state.outstanding())} fault(s) that may still be in effect")
-        engine._save()
+        self._event("resume", f"engine resumed in phase {state.phase.value}: rolling back "
+                              f"{len(state.outstanding())} fault(s) that may still be in effect")
+        self._save()
         try:
-            await engine._connect()
-            await engine._start_observers()
-            await engine._rollback()
-            await engine._verify_resumed()
-            engine.st.message = "interrupted: the engine stopped mid-run; rolled back on resume"
-            engine.data.checks = [{"name": c, "result": "Unknown",
-                                   "message": "the run was interrupted; its history is incomplete"}
-                                  for c in exp.spec.checks]
-            engine._phase(Phase.COMPLETED, "resumed run rolled back")
+            await self._connect()
+            await self._start_observers()
+            await self._rollback()
+            await self._verify_resumed()
+            self.st.message = (f"interrupted by {state.interruption}; finished by a resumed engine"
+                               if state.interruption else
+                               "interrupted: the engine stopped mid-run; rolled back on resume")
+            self.data.checks = [{"name": c, "result": "Unknown",
+                                 "message": "the run was interrupted; its history is incomplete"}
+                                for c in self.spec.checks]
+            self._phase(Phase.COMPLETED, "resumed run rolled back")
+        except BaseException:
+            if self._handover is not None:  # shut down again mid-resume: roll back, stay resumable
+                await asyncio.shield(self._interrupted_rollback())
+            raise
         finally:
-            await engine._shutdown()
-        return engine._finish()
+            await self._shutdown()
+        return self._finish()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1118,6 +1145,39 @@ class Engine:
 
     # ------------------------------------------------------------------ teardown and report
 
+    async def _interrupted_rollback(self) -> None:
+        if self._handover is not None:
+            await self._handover_rollback(self._handover)
+        else:
+            await self._emergency_rollback()
+
+    def _cut_short(self, phase: Phase) -> str:
+        """What an interruption in `phase` did to the run, for its verdict."""
+        if phase in (Phase.PENDING, Phase.STEADY_STATE_CHECK) or self.st.injection_started_at is None:
+            return "before any fault was injected"
+        if phase in (Phase.INJECTING, Phase.OBSERVING):
+            elapsed = time.time() - self.st.injection_started_at
+            return (f"fault windows were cut short at {elapsed:.1f}s of the {self.spec.duration_seconds:g}s "
+                    f"window")
+        return "after the fault windows ended; the workload history was lost with the engine, so the checks " \
+               "could not run"
+
+    async def _handover_rollback(self, reason: str) -> None:
+        """Hand-over (operator shutdown): roll back every fault now, leave the journal resumable."""
+        if self.state is None or self.st.terminal:
+            return
+        with contextlib.suppress(Exception):
+            phase = self.st.phase
+            self.st.interrupted = True
+            if not self.st.interruption:  # the first interruption is the one that cut the run short
+                self.st.interruption = f"{reason} in phase {phase.value} ({self._cut_short(phase)})"
+            self._event("handover", f"{reason}: rolling back {len(self.st.outstanding())} fault(s) before exit; "
+                                    f"the journal stays open for the next engine to resume")
+            self._save()
+            if self.st.outstanding():
+                await self._rollback()
+            self._save()
+
     async def _emergency_rollback(self) -> None:
         """Interrupted (signal, cancellation, bug): roll back, then close the journal as interrupted."""
         if self.state is None or self.st.terminal:
@@ -1227,7 +1287,7 @@ class Engine:
         if failed:
             reasons.append("check(s) failed: " + ", ".join(failed))
         if st.interrupted:
-            return "Inconclusive", st.message or "interrupted"
+            return "Inconclusive", (st.message or "interrupted") + (f"; {'; '.join(reasons)}" if reasons else "")
         if self._abort is not None or st.aborted:
             return "Aborted", f"aborted: {st.aborted}" + (f"; {'; '.join(reasons)}" if reasons else "")
         if reasons:

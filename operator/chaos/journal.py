@@ -122,6 +122,7 @@ class ExperimentState:
     message: str = ""
     verdict: str | None = None
     interrupted: bool = False
+    interruption: str = ""  # what interrupted the run and what that cut short (e.g. an operator shutdown)
     resumes: int = 0
     rollback_confirmed: bool | None = None
     paused_seconds: float = 0.0  # time spec.paused held injection back (the clock runs on)

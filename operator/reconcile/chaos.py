@@ -5,7 +5,11 @@ journal through a StateStore before every action; here that store is the
 resource's `status.journal`, so an operator killed at any point is resumed by the
 next one, which rolls back whatever the journal says may still be in effect and
 completes the run. The engine runs on its own thread and event loop (its
-workload is busy; kopf's loop stays responsive) and is cancelled through a flag.
+workload is busy; kopf's loop stays responsive) and is stopped through flags:
+`cancel` (the experiment is deleted: roll back, close the run) or `handover`
+(the operator shuts down — SIGTERM on a pod deletion, a helm upgrade, a drain —
+or loses its Lease: roll back, but leave the journal open for the next operator,
+see :func:`hand_over_all`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,35 @@ PHASE_REASONS = {"SteadyStateCheck": "CheckingSteadyState", "Injecting": "Inject
                  "Completed": "Completed", "Aborted": "Aborted", "Failed": "Failed", "DryRun": "DryRun",
                  "Pending": "Validating"}
 SCHEDULE_EVERY_S = 5.0  # how often a scheduled experiment's daemon asks decide()
+SHUTDOWN_REASON = "an operator shutdown (restart, upgrade, drain or lost leadership)"
+
+_live: set[ExperimentRun] = set()  # engine runs of this process, for hand_over_all at shutdown
+_live_lock = threading.Lock()
+
+
+def hand_over_all(timeout_s: float, reason: str = SHUTDOWN_REASON) -> list[str]:
+    """Operator shutdown: every running engine rolls back its faults and leaves its journal resumable.
+
+    Waits up to `timeout_s` for them; returns the experiments (namespace/name) still rolling back
+    (their journals still list the faults: the next operator finishes the rollback, and every fault's
+    TTL heals it regardless).
+    """
+    with _live_lock:
+        runs = list(_live)
+    for run in runs:
+        run.stop_for_handover(reason)
+    deadline = time.monotonic() + timeout_s
+    for run in runs:
+        run.done.wait(max(0.0, deadline - time.monotonic()))
+    return [f"{r.namespace}/{r.name}" for r in runs if not r.done.is_set()]
+
+
+def _operator_stopping(stopped: Any) -> bool:
+    """A kopf daemon stopped for anything but its resource's deletion: the operator is going away."""
+    import kopf
+
+    reason = getattr(stopped, "reason", None)
+    return not (reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason)
 
 
 def iso(ts: float | None) -> str | None:
@@ -198,14 +231,20 @@ def schedule_step(schedule: Schedule, now: datetime, last_scheduled: datetime | 
 class ExperimentRun:
     """One engine run (or resume) on a thread of its own, cancellable from kopf's loop."""
 
-    def __init__(self, kube: Kube, events: EventRecorder, body: JSON) -> None:
+    def __init__(self, kube: Kube, events: EventRecorder, body: JSON, *,
+                 runtime_factory: Callable[[Kube], Any] = KubernetesRuntime,
+                 engine_options: dict[str, Any] | None = None) -> None:
         self.kube = kube
         self.events = events
         self.body = body
+        self.runtime_factory = runtime_factory  # tests pass a fake runtime and fast engine timings
+        self.engine_options = dict(engine_options or {})
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
         self.cancel = threading.Event()
+        self.handover = threading.Event()
+        self.handover_reason = SHUTDOWN_REASON
         self.done = threading.Event()
         self.paused = bool((body.get("spec") or {}).get("paused", False))  # read before the first injection
         self.report: JSON | None = None
@@ -224,10 +263,18 @@ class ExperimentRun:
         return StatusStateStore(self.kube, self.namespace, self.name, self.body["metadata"].get("generation", 0),
                                 on_save=self._on_save)
 
-    def _options(self, runtime: KubernetesRuntime) -> EngineOptions:
-        return EngineOptions(paused=lambda: self.paused, html=False, agent_factory=runtime.agent_factory)
+    def _options(self, runtime: Any) -> EngineOptions:
+        return EngineOptions(paused=lambda: self.paused, html=False, agent_factory=runtime.agent_factory,
+                             **self.engine_options)
+
+    def stop_for_handover(self, reason: str = SHUTDOWN_REASON) -> None:
+        """The operator is going away: roll back, leave the journal for the next operator."""
+        self.handover_reason = reason
+        self.handover.set()
 
     def run(self, resume_only: bool = False) -> None:
+        with _live_lock:
+            _live.add(self)
         try:
             asyncio.run(self._main(resume_only))
         except BaseException as exc:
@@ -235,29 +282,44 @@ class ExperimentRun:
             log.exception("experiment %s/%s: engine failed", self.namespace, self.name)
         finally:
             self.done.set()
+            with _live_lock:
+                _live.discard(self)
 
     async def _main(self, resume_only: bool) -> None:
-        runtime = KubernetesRuntime(self.kube)
+        runtime = self.runtime_factory(self.kube)
         store = self._store()
         state = await asyncio.to_thread(store.load)
-        if state is not None:
+        if state is not None and hasattr(runtime, "remember"):
             target = (state.spec.get("spec") or {}).get("target") or {}
             runtime.remember(TargetRef(target.get("kind", "RaftCluster"), target.get("name", ""),
                                        target.get("namespace") or self.namespace), state.members)
+        engine: Engine | None
+        if state is not None and not state.terminal and not state.faults and not resume_only:
+            # Stopped before it journaled any fault (faults are journaled before they are injected):
+            # nothing to roll back and nothing observed, so the run starts over instead of ending Inconclusive.
+            self.events.post_sync(self.body, "Restarting", f"the previous engine stopped in phase "
+                                  f"{state.phase.value} before injecting anything; starting the run again")
+            state = None
         if state is not None and not state.terminal:
             self.events.post_sync(self.body, "Resuming", f"resuming an interrupted run in phase {state.phase.value}: "
                                   "rolling back what may still be in effect", warning=True)
-            coro = Engine.resume(store, runtime, self._options(runtime))
+            engine = Engine.from_journal(store, runtime, self._options(runtime))
         elif state is not None and state.outstanding():
-            coro = Engine.resume(store, runtime, self._options(runtime), force=True)
+            engine = Engine.from_journal(store, runtime, self._options(runtime), force=True)
         elif resume_only or state is not None:
             return
         else:
             experiment = ChaosExperiment.model_validate(
                 {k: self.body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in self.body})
-            coro = Engine(experiment, runtime, store, self._options(runtime)).run()
-        task = asyncio.ensure_future(coro)
+            engine = Engine(experiment, runtime, store, self._options(runtime))
+        if engine is None:
+            return
+        task = asyncio.ensure_future(engine.run() if engine.state is None else engine.finish_interrupted())
         while not task.done():
+            if self.handover.is_set():
+                engine.hand_over(self.handover_reason)
+                task.cancel()
+                break
             if self.cancel.is_set():
                 task.cancel()
                 break
@@ -265,8 +327,12 @@ class ExperimentRun:
         try:
             self.report = await task
         except asyncio.CancelledError:
-            log.info("experiment %s/%s: engine cancelled (rolled back what it had injected)", self.namespace,
-                     self.name)
+            if self.handover.is_set():
+                log.info("experiment %s/%s: handed over (%s): faults rolled back, journal left for the next "
+                         "operator", self.namespace, self.name, self.handover_reason)
+            else:
+                log.info("experiment %s/%s: engine cancelled (rolled back what it had injected)", self.namespace,
+                         self.name)
             return
         if self.report:
             extra = status_from_report(self.report)
@@ -277,10 +343,13 @@ class ExperimentRun:
 class ChaosController:
     """Glue between kopf's daemon/delete handlers and engine runs, one run per experiment at a time."""
 
-    def __init__(self, kube: Kube, events: EventRecorder, finalizer: str) -> None:
+    def __init__(self, kube: Kube, events: EventRecorder, finalizer: str, *,
+                 runtime_factory: Callable[[Kube], Any] = KubernetesRuntime,
+                 engine_options: dict[str, Any] | None = None) -> None:
         self.kube = kube
         self.events = events
         self.finalizer = finalizer
+        self._run_args: dict[str, Any] = {"runtime_factory": runtime_factory, "engine_options": engine_options}
         self.runs: dict[tuple[str, str], tuple[ExperimentRun, threading.Thread]] = {}
 
     async def _wait_finalizer(self, body: Any, stopped: Any, timeout_s: float = 30.0) -> bool:
@@ -316,13 +385,26 @@ class ChaosController:
                 if not await self._watch(run, restarts, body, stopped):
                     break
             await asyncio.to_thread(run.done.wait)
+        except asyncio.CancelledError:
+            self._stop(run, stopped)  # kopf cancels daemons soon after stopping them; the run rolls back anyway
+            raise
         finally:
             self.runs.pop((namespace, name), None)
+
+    @staticmethod
+    def _stop(run: ExperimentRun, stopped: Any) -> None:
+        """Deleted: cancel (roll back, close the run). Operator going away: hand over (roll back, resumable)."""
+        if run.done.is_set() or run.cancel.is_set():
+            return
+        if _operator_stopping(stopped):
+            run.stop_for_handover()
+        else:
+            run.cancel.set()
 
     def _start(self, body: Any, namespace: str, name: str, resume_only: bool) -> tuple[ExperimentRun, _PodRestarts]:
         snapshot = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                     "metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {})}
-        run = ExperimentRun(self.kube, self.events, snapshot)
+        run = ExperimentRun(self.kube, self.events, snapshot, **self._run_args)
         thread = threading.Thread(target=run.run, kwargs={"resume_only": resume_only}, daemon=True,
                                   name=f"chaos-{namespace}-{name}")
         self.runs[(namespace, name)] = (run, thread)
@@ -333,7 +415,7 @@ class ChaosController:
         """One half-second of watching a run (pause flag, pod restarts); False once the daemon is stopped."""
         run.paused = bool((body.get("spec") or {}).get("paused", False))
         if stopped:
-            run.cancel.set()
+            self._stop(run, stopped)
             return False
         await restarts.check(self.events)
         await stopped.wait(0.5)
@@ -374,8 +456,12 @@ class ChaosController:
                     await stopped.wait(0.5)
             if run is not None:
                 if stopped:
-                    run[0].cancel.set()
+                    self._stop(run[0], stopped)
                 await asyncio.to_thread(run[0].done.wait)
+        except asyncio.CancelledError:
+            if run is not None:
+                self._stop(run[0], stopped)
+            raise
         finally:
             self.runs.pop((namespace, name), None)
 
@@ -386,7 +472,8 @@ class ChaosController:
             entry[0].cancel.set()
             await asyncio.to_thread(entry[0].done.wait, 120)
         run = ExperimentRun(self.kube, self.events, {"apiVersion": body.get("apiVersion"),
-                                                     "kind": body.get("kind"), "metadata": dict(body["metadata"])})
+                                                     "kind": body.get("kind"), "metadata": dict(body["metadata"])},
+                            **self._run_args)
         await asyncio.to_thread(run.run, True)
         if run.error is not None:
             raise run.error

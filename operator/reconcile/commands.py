@@ -54,11 +54,18 @@ def operator_group() -> None:
               help="host:port of the Prometheus metrics endpoint; empty disables it.")
 @click.option("--health-listen", default="0.0.0.0:8080", show_default=True,
               help="host:port of the liveness endpoint (GET /healthz); empty disables it.")
+@click.option("--shutdown-timeout", type=float, default=25.0, show_default=True,
+              help="On SIGTERM/SIGINT, seconds to wait for running experiments to roll their faults back before "
+                   "exiting (keep it under the pod's terminationGracePeriodSeconds).")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def run_cmd(namespaces: tuple[str, ...], all_namespaces: bool, standalone: bool, kubeconfig: Path | None,
             lease_namespace: str | None, lease_duration: float, metrics_listen: str, health_listen: str,
-            verbose: bool) -> None:
-    """Run the operator until interrupted (SIGINT/SIGTERM)."""
+            shutdown_timeout: float, verbose: bool) -> None:
+    """Run the operator until interrupted (SIGINT/SIGTERM).
+
+    On shutdown every running ChaosExperiment rolls its faults back, but its run stays open (not
+    Aborted): the next operator resumes it and finishes it with a verdict saying it was interrupted.
+    """
     if all_namespaces and namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -78,14 +85,16 @@ def run_cmd(namespaces: tuple[str, ...], all_namespaces: bool, standalone: bool,
         host, port = _split(metrics_listen, "--metrics-listen")
         start_http_server(port, addr=host)
     code = asyncio.run(_run(watched, all_namespaces, standalone, kubeconfig, lease_namespace or _own_namespace(),
-                            lease_duration, liveness))
+                            lease_duration, liveness, shutdown_timeout))
     sys.exit(code)
 
 
 async def _run(namespaces: list[str], clusterwide: bool, standalone: bool, kubeconfig: Path | None,
-               lease_namespace: str, lease_duration: float, liveness: str | None) -> int:
+               lease_namespace: str, lease_duration: float, liveness: str | None,
+               shutdown_timeout: float = 25.0) -> int:
     import kopf
 
+    from faultlab.operator.reconcile.chaos import hand_over_all
     from faultlab.operator.reconcile.events import EventRecorder
     from faultlab.operator.reconcile.handlers import register
     from faultlab.operator.reconcile.kube import Kube
@@ -123,6 +132,12 @@ async def _run(namespaces: list[str], clusterwide: bool, standalone: bool, kubec
         await kopf.operator(registry=registry, clusterwide=clusterwide, namespaces=namespaces, standalone=True,
                             liveness_endpoint=liveness, stop_flag=stop)
     finally:
+        # kopf stops (and soon cancels) its daemons, but the engines run on threads of their own: wait for
+        # them to roll back, with the Lease still held and the API client still open, before exiting.
+        left = await asyncio.to_thread(hand_over_all, shutdown_timeout)
+        if left:
+            log.warning("exiting while experiment(s) %s still roll back; the next operator finishes the rollback "
+                        "(and every fault's TTL heals it)", ", ".join(left))
         if keeper is not None:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
