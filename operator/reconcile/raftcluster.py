@@ -111,6 +111,10 @@ class Step:
     warning: bool = False
 
 
+class _WaitForClaim(Exception):
+    """A member's pod cannot be made yet: its claim is still being deleted."""
+
+
 class RaftClusterReconciler:
     def __init__(self, kube: Kube, events: EventRecorder, namespace: str, name: str) -> None:
         self.kube = kube
@@ -161,7 +165,10 @@ class RaftClusterReconciler:
             await self._ensure_static(rc, owner)
             self._static, self._static_at = stamp, time.monotonic()
         obs = await self._observe(owner)
-        step = await self._step(body, rc, owner, obs)
+        try:
+            step = await self._step(body, rc, owner, obs)
+        except _WaitForClaim as wait:
+            step = Step("WaitingForVolume", str(wait), event=False)
         if step is not None and step.event:
             await self.events.post(body, step.reason, step.message, warning=step.warning)
         if step is not None:  # the step changed things: show the new state
@@ -222,12 +229,36 @@ class RaftClusterReconciler:
     # ---------------------------------------------------------------- deciding
 
     async def _create_pod(self, rc: RaftCluster, owner: b.Owner, member: str, peers: set[str], join: bool) -> None:
+        if rc.spec.storage.type == "pvc":
+            await self._ensure_claim(rc, owner, member)
         pod = b.member_pod(rc, owner, member, sorted(peers | {member}, key=b.member_index), join=join)
         try:
             await self._k(self.kube.create, pod)
         except ApiError as exc:
             if not exc.conflict:  # an old pod of that name is still terminating: next pass
                 raise
+
+    async def _ensure_claim(self, rc: RaftCluster, owner: b.Owner, member: str) -> None:
+        """The member's PVC exists and is not on its way out (a pod on a leaving claim would hang)."""
+        pvc = b.persistent_volume_claim(rc, owner, member)
+        existing = await self._k(self.kube.get, object_path(pvc))
+        if existing is None:
+            await self._k(self.kube.ensure, pvc)
+        elif existing["metadata"].get("deletionTimestamp"):
+            raise _WaitForClaim(f"the claim {pvc['metadata']['name']} of member {member} is still being deleted "
+                                f"(its old data must not be reused); waiting before creating the pod")
+
+    async def _remove_member_pod(self, rc: RaftCluster, owner: b.Owner, member: str, pod: JSON,
+                                 desired: list[str]) -> None:
+        """Deletes a leaving member's pod, and first its PVC when the member is not wanted any more.
+
+        The claim goes first: if deleting it fails, the pod is still there, so the next pass sees
+        the member again and retries (the claim itself is kept until its pod is gone).
+        """
+        if member not in desired and rc.spec.storage.type == "pvc":
+            await self._k(self.kube.delete, path("PersistentVolumeClaim", owner.namespace,
+                                                 b.pvc_name(owner.name, member)))
+        await self._delete_pod(pod)
 
     async def _delete_pod(self, pod: JSON, grace: int | None = None) -> None:
         await self._k(self.kube.delete, object_path(pod), grace_seconds=grace, uid=pod["metadata"]["uid"])
@@ -278,10 +309,7 @@ class RaftClusterReconciler:
                     return Step("WaitingForQuorum", f"not removing {member}: {len(obs.voters) - 1} voters would be "
                                 f"fewer than a quorum of {replicas}", event=False)
                 await self._admin(obs, "RemoveMember", pb.RemoveMemberRequest(id=member))
-            await self._delete_pod(pod)
-            if member not in desired and rc.spec.storage.type == "pvc":
-                await self._k(self.kube.delete, path("PersistentVolumeClaim", owner.namespace,
-                                                     b.pvc_name(owner.name, member)))
+            await self._remove_member_pod(rc, owner, member, pod, desired)
             return Step("MemberRemoved", f"removed member {member} and deleted pod {pod['metadata']['name']}")
 
         # 2. Members in the configuration whose pod is gone.
@@ -301,7 +329,7 @@ class RaftClusterReconciler:
         # 3. Pods that are no member and not wanted.
         for member, pod in obs.pods.items():
             if member not in obs.config and member not in desired and member not in terminating:
-                await self._delete_pod(pod)
+                await self._remove_member_pod(rc, owner, member, pod, desired)
                 return Step("PodDeleted", f"deleted pod {pod['metadata']['name']}: member {member} is not wanted")
 
         # 4. Learners: promote the caught-up ones we want; drop those we do not.

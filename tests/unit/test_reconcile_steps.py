@@ -15,11 +15,21 @@ from faultlab.protos.raft.v1 import raft_pb2 as pb
 OWNER = b.Owner(name="demo", namespace="lab", uid="u1")
 
 
+class _NamedCalls:
+    """A stand-in Kube whose methods only carry their names (Recorder._k records them)."""
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> None:
+            return None
+        call.__name__ = name
+        return call
+
+
 class Recorder(RaftClusterReconciler):
     """Records what a pass would do instead of doing it."""
 
     def __init__(self) -> None:
-        super().__init__(kube=None, events=None, namespace="lab", name="demo")  # type: ignore[arg-type]
+        super().__init__(kube=_NamedCalls(), events=None, namespace="lab", name="demo")  # type: ignore[arg-type]
         self.actions: list[tuple[str, ...]] = []
 
     async def _admin(self, obs: Observed, call: str, request: Any, timeout: float = 10.0) -> Any:
@@ -148,6 +158,35 @@ def test_lost_pvc_member_comes_back_on_its_volume() -> None:
     del obs.pods["n3"], obs.status["n3"]
     _, actions = step(rc, obs)
     assert actions == [("create", "n3", "boot", "n1,n2,n3")]
+
+
+def test_scale_down_with_pvc_deletes_the_claim_before_the_pod() -> None:
+    rc = cluster(3, storage={"type": "pvc"})
+    obs = observed(rc, "n1", ["n1", "n2", "n3", "n4"])
+    obs.pods["n4"] = pod(rc, "n4", condemned=True)
+    _, actions = step(rc, obs)
+    # A failed claim deletion leaves the pod, so the next pass sees the member again and retries.
+    assert actions == [("RemoveMember", "n4"), ("kube", "delete"), ("delete", "n4")]
+
+
+def test_a_pod_waits_while_its_claim_is_still_being_deleted() -> None:
+    rc = cluster(3, storage={"type": "pvc"})
+    pvc = b.persistent_volume_claim(rc, OWNER, "n3")
+    pvc["metadata"]["deletionTimestamp"] = "2026-12-04T00:00:00Z"
+
+    class Kube:
+        created: list[str] = []
+
+        def get(self, path: str) -> dict[str, Any] | None:
+            return pvc if "persistentvolumeclaims" in path else None
+
+        def create(self, obj: dict[str, Any]) -> None:
+            self.created.append(obj["kind"])
+
+    r = RaftClusterReconciler(kube=Kube(), events=None, namespace="lab", name="demo")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="still being deleted"):
+        asyncio.run(r._create_pod(rc, OWNER, "n3", {"n1", "n2"}, join=True))
+    assert Kube.created == [], "no pod is made on a claim that is going away"
 
 
 def test_never_fewer_voters_than_a_quorum() -> None:
