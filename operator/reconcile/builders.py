@@ -281,6 +281,10 @@ def member_pod(rc: RaftCluster, owner: Owner, member_id: str, peers: list[str], 
                     "valueFrom": {"secretKeyRef": {"name": secret_name(owner.name), "key": TOKEN_KEY}}})
     if join:
         env.append({"name": "FAULTLAB_JOIN", "value": "true"})
+    if rc.spec.storage.type == "pvc":
+        # The volume is this member's own: a diskFill may take it to full. On an emptyDir the
+        # node's disk is shared with other pods, so the agent keeps its default safe floor.
+        env.append({"name": "FAULTLAB_DISK_FILL_FLOOR", "value": "0"})
     container["env"] = env
     spec["hostname"] = name
     if rc.spec.storage.type == "pvc":

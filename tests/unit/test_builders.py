@@ -76,6 +76,9 @@ def test_storage_pvc_vs_empty_dir() -> None:
                            "storageClassName": "fast"}
     empty = b.member_pod(cluster(), OWNER, "n1", ["n1"], join=False)
     assert "emptyDir" in next(v for v in empty["spec"]["volumes"] if v["name"] == "data")
+    # diskFill may fill a member's own volume; a shared node disk keeps the agent's safe floor.
+    assert env_of(pod)["FAULTLAB_DISK_FILL_FLOOR"] == "0"
+    assert "FAULTLAB_DISK_FILL_FLOOR" not in env_of(empty)
 
 
 def test_services_pdb_config() -> None:
