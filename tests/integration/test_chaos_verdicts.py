@@ -51,11 +51,7 @@ class UnsafeReadsRuntime(LocalRuntime):
     """The real local runtime, with every node started with --unsafe-local-reads."""
 
     def _spawn_supervisor(self, m: MemberRecord, node_cmd: list[str]) -> int:
-        cmd = list(node_cmd)
-        if "--agent-token" in cmd:  # `--agent-token=T`: a token starting with '-' is not taken for a flag
-            i = cmd.index("--agent-token")
-            cmd[i:i + 2] = [f"--agent-token={cmd[i + 1]}"]
-        return super()._spawn_supervisor(m, [*cmd, "--unsafe-local-reads"])
+        return super()._spawn_supervisor(m, [*node_cmd, "--unsafe-local-reads"])
 
 
 BROKEN = """
