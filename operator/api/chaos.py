@@ -566,6 +566,29 @@ def _impaired(fault: Fault, replicas: int) -> int:
     return k
 
 
+def _impaired_together(faults: Sequence[Fault], replicas: int) -> int:
+    """Upper bound on the members `faults`, active at once, take out of the quorum together.
+
+    Faults aimed at explicit `target.members` stay within those members, so together they
+    take out no more than the members their lists name (a crash and a kill of n3 are one
+    member down, not two). Any other fault may hit members the others do not (a partition's
+    minority side may be the members it did not select).
+    """
+    named: set[str] = set()
+    named_count = 0
+    free = 0
+    for f in faults:
+        k = _impaired(f, replicas)
+        if not k:
+            continue
+        if f.target.members is not None and f.type != "partition":
+            named.update(f.target.members)
+            named_count += k
+        else:
+            free += k
+    return min(len(named), named_count) + free
+
+
 def check_blast_radius(spec: ChaosExperimentSpec, replicas: int,
                        members: Sequence[str] | None = None) -> list[str]:
     """Problems of `spec` against a target of `replicas` members (empty = may run).
@@ -620,7 +643,7 @@ def check_blast_radius(spec: ChaosExperimentSpec, replicas: int,
         instants = sorted({f.start_after_seconds for f in spec.faults})
         for t in instants:
             active = [f for f in spec.faults if f.start_after_seconds <= t < f.end_seconds]
-            out = min(replicas, sum(_impaired(f, replicas) for f in active))
+            out = min(replicas, _impaired_together(active, replicas))
             if out > tolerance:
                 names = ", ".join(f.name for f in active if _impaired(f, replicas))
                 problems.append(

@@ -267,6 +267,22 @@ def test_overlapping_faults_add_up_and_staggered_do_not() -> None:
     assert check_blast_radius(experiment(faults=staggered).spec, 3) == []
 
 
+def test_overlapping_faults_on_the_same_named_member_count_once() -> None:
+    same = [{"name": "a", "type": "corruption", "target": {"members": ["n3"]}, "durationSeconds": 8},
+            {"name": "b", "type": "kill", "target": {"members": ["n3"]}, "startAfterSeconds": 1}]
+    assert check_blast_radius(experiment(faults=same).spec, 3) == []
+    different = [{"name": "a", "type": "corruption", "target": {"members": ["n2"]}, "durationSeconds": 8},
+                 {"name": "b", "type": "kill", "target": {"members": ["n3"]}, "startAfterSeconds": 1}]
+    assert check_blast_radius(experiment(faults=different).spec, 3)
+    # A partition's minority side may be the members it did not name: never merged.
+    cut = [{"name": "a", "type": "partition", "target": {"members": ["n3"]}, "durationSeconds": 8},
+           {"name": "b", "type": "kill", "target": {"members": ["n3"]}}]
+    assert check_blast_radius(experiment(faults=cut).spec, 3)
+    unnamed = [{"name": "a", "type": "crash", "target": {"members": ["n3"]}},
+               {"name": "b", "type": "kill"}]
+    assert check_blast_radius(experiment(faults=unnamed).spec, 3)
+
+
 def test_degrading_faults_do_not_count_against_quorum() -> None:
     faults = [{"name": "slow", "type": "delay", "target": {"mode": "all"}}]
     assert check_blast_radius(experiment(faults=faults).spec, 3) == []
