@@ -5,7 +5,12 @@ Node kinds call::
     agent = attach_agent(ctx)
     server = ctx.create_server()
     if agent:
-        agent.add_to_server(server)
+        agent.add_to_server(ctx.agent_host())
+
+`ctx.agent_host()` is the data server, or with `--agent-listen HOST:PORT` a server of the
+agent's own on that address (with gRPC health), so the agent port can be closed to all but
+the operator. Either way the agent's interceptors sit on the data server and the peer
+channels: network faults act on data traffic.
 
 Hooks: `ctx.hooks["fault_injected"]` / `ctx.hooks["fault_recovered"]`, when set, are
 called with the `Fault` after it is applied / undone. The engine talks to the agent
@@ -32,14 +37,15 @@ def attach_agent(ctx: NodeContext) -> Agent | None:
     Data faults left on disk by a previous process (ballast, flipped bytes) are undone first.
 
     Call before `ctx.create_server()` (the server takes its interceptors at creation) and
-    before opening peer channels.
+    before opening peer channels; then add it to `ctx.agent_host()`.
     """
     remove_stale_ballast(ctx.data_dir)
     for note in heal_leftover_corruption(ctx.data_dir):
         log.warning("the node started although a corruption fault of a previous process was still on disk "
                     "(a torn tail truncated or an older snapshot used); %s", note)
     if not ctx.agent_token:
-        log.info("fault agent disabled: no agent token")
+        log.info("fault agent disabled: no agent token%s",
+                 f" (nothing listens on --agent-listen {ctx.agent_listen})" if ctx.agent_listen else "")
         return None
     agent = Agent(ctx)
     ctx.server_interceptors.append(agent.network.server_interceptor())

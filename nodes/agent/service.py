@@ -43,8 +43,9 @@ class Agent:
         return self.network.client_interceptors(self.ctx.node_id, peer_id)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serves the FaultAgent on `server`: `ctx.agent_host()`, its own server under --agent-listen."""
         pb_grpc.add_FaultAgentServicer_to_server(FaultAgentServicer(self), server)
-        self.ctx.add_service_name(SERVICE_NAME)
+        self.ctx.add_service_name(SERVICE_NAME, server)
 
     async def close(self) -> None:
         """Recovers every fault (on graceful shutdown)."""

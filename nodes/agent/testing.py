@@ -8,7 +8,8 @@ the node's clock and the ENOSPC flag.
 
 Run: `python -m faultlab.nodes.agent.testing --id a --listen 127.0.0.1:7001
 --peers a=127.0.0.1:7001,b=127.0.0.1:7002 --data-dir /tmp/a` with the agent token in
-`FAULTLAB_AGENT_TOKEN` (or `faultlab-node echo ...`).
+`FAULTLAB_AGENT_TOKEN` (or `faultlab-node echo ...`); `--agent-listen 127.0.0.1:7101`
+serves the agent on a port of its own.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ async def serve(ctx: NodeContext) -> None:
     agent = attach_agent(ctx)
     server = ctx.create_server()
     if agent:
-        agent.add_to_server(server)
+        agent.add_to_server(ctx.agent_host())
     echo = Echo(ctx)
     unary = {"Ping": echo.ping, "Stats": echo.stats, "PingPeer": echo.ping_peer}
     handlers: dict[str, grpc.RpcMethodHandler] = {
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", default="")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--agent-token", default=os.environ.get("FAULTLAB_AGENT_TOKEN", ""))
+    parser.add_argument("--agent-listen", default=os.environ.get("FAULTLAB_AGENT_LISTEN", ""))
     parser.add_argument("--disk-fill-floor", default=os.environ.get("FAULTLAB_DISK_FILL_FLOOR", "auto"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         ctx = NodeContext(kind="echo", node_id=args.id, listen=args.listen, peers=parse_peers(args.peers),
                           data_dir=Path(args.data_dir), agent_token=args.agent_token,
-                          disk_fill_floor=args.disk_fill_floor)
+                          disk_fill_floor=args.disk_fill_floor, agent_listen=args.agent_listen)
         await serve(ctx)
 
     asyncio.run(run())
@@ -160,11 +162,18 @@ def free_port() -> int:
 
 
 class EchoProcess:
-    """One echo node as a child process (what the integration tests start)."""
+    """One echo node as a child process (what the integration tests start).
 
-    def __init__(self, node_id: str, peers: dict[str, str], data_dir: Path, token: str) -> None:
+    `agent_address` is where its FaultAgent listens: its own port when given (--agent-listen),
+    else `address`.
+    """
+
+    def __init__(self, node_id: str, peers: dict[str, str], data_dir: Path, token: str,
+                 agent_address: str = "") -> None:
         self.node_id = node_id
         self.address = peers[node_id]
+        self.agent_address = agent_address or self.address
+        self.separate_agent = bool(agent_address)
         self.peers = peers
         self.data_dir = data_dir
         self.token = token
@@ -176,10 +185,11 @@ class EchoProcess:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         peers = ",".join(f"{k}={v}" for k, v in self.peers.items())
+        agent = ["--agent-listen", self.agent_address] if self.separate_agent else []
         log = open(self.data_dir.parent / f"{self.node_id}.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faultlab.nodes.agent.testing", "--id", self.node_id, "--listen", self.address,
-             "--peers", peers, "--data-dir", str(self.data_dir)],
+             "--peers", peers, "--data-dir", str(self.data_dir), *agent],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "FAULTLAB_AGENT_TOKEN": self.token})
         log.close()
         return self
@@ -192,19 +202,20 @@ class EchoProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"echo node {self.node_id} exited with {self.proc.returncode}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"echo node {self.node_id} not serving on {self.address} after {timeout}s")
-                time.sleep(0.05)
+        for address in dict.fromkeys([self.address, self.agent_address]):
+            with grpc.insecure_channel(address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"echo node {self.node_id} exited with {self.proc.returncode}")
+                    try:
+                        if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == 1:
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"echo node {self.node_id} not serving on {address} after {timeout}s")
+                    time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -216,9 +227,12 @@ class EchoProcess:
                 self.proc.wait(5)
 
 
-def start_echo_nodes(ids: list[str], base_dir: Path, token: str) -> dict[str, EchoProcess]:
+def start_echo_nodes(ids: list[str], base_dir: Path, token: str, *,
+                     separate_agent: bool = False) -> dict[str, EchoProcess]:
+    """Echo nodes on loopback; with `separate_agent` each serves its agent on a port of its own."""
     peers = {i: f"127.0.0.1:{free_port()}" for i in ids}
-    nodes = {i: EchoProcess(i, peers, base_dir / i, token).start() for i in ids}
+    agents = {i: f"127.0.0.1:{free_port()}" if separate_agent else "" for i in ids}
+    nodes = {i: EchoProcess(i, peers, base_dir / i, token, agents[i]).start() for i in ids}
     try:
         for node in nodes.values():
             node.wait_ready()

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default=env_default("data_dir"), help="durable state (FAULTLAB_DATA_DIR)")
         p.add_argument("--metrics-listen", default=env_default("metrics_listen"),
                        help="host:port for Prometheus metrics; empty disables (FAULTLAB_METRICS_LISTEN)")
+        p.add_argument("--agent-listen", default=env_default("agent_listen"),
+                       help="host:port to serve the fault agent (and gRPC health) on, apart from the data "
+                            "services, so a NetworkPolicy can admit only the operator there; empty serves it "
+                            "on --listen (FAULTLAB_AGENT_LISTEN)")
         p.add_argument("--agent-token", default=env_default("agent_token"),
                        help="token the fault agent requires; empty disables the agent (FAULTLAB_AGENT_TOKEN; "
                             "on the command line it is visible to every local user)")
@@ -71,14 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"faultlab-node: {exc}")
     token = agent_token(args.agent_token, args.agent_token_file)
+    problem = agent_listen_problem(args.agent_listen, args.listen)
+    if problem:
+        sys.exit(f"faultlab-node: --agent-listen {args.agent_listen}: {problem}")
     from faultlab.nodes.agent.resources import DiskFloor
 
     try:
         DiskFloor.parse(args.disk_fill_floor)
     except ValueError as exc:
         sys.exit(f"faultlab-node: --disk-fill-floor: {exc}")
-    known = {"kind", "id", "listen", "advertise", "peers", "data_dir", "metrics_listen", "agent_token",
-             "agent_token_file", "disk_fill_floor", "log_level"}
+    known = {"kind", "id", "listen", "advertise", "peers", "data_dir", "metrics_listen", "agent_listen",
+             "agent_token", "agent_token_file", "disk_fill_floor", "log_level"}
     options = {k: v for k, v in vars(args).items() if k not in known}
     module = importlib.import_module(KINDS[args.kind])
 
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = NodeContext(kind=args.kind, node_id=args.id, listen=args.listen, advertise=args.advertise,
                           peers=peers, data_dir=Path(args.data_dir), agent_token=token,
                           disk_fill_floor=args.disk_fill_floor, metrics_listen=args.metrics_listen,
-                          options=options)
+                          agent_listen=args.agent_listen, options=options)
         await module.serve(ctx)
 
     _install_fast_loop()
@@ -114,6 +121,19 @@ def _heal_data_faults(data_dir: Path, exc: BaseException) -> None:
     for note in notes:
         logging.getLogger("faultlab.agent").warning("the node stopped (%s) on data a fault corrupted; %s; "
                                                     "its next start reads the original bytes", how, note)
+
+
+def agent_listen_problem(agent_listen: str, listen: str) -> str:
+    """What is wrong with --agent-listen next to --listen ('' when nothing is)."""
+    if not agent_listen:
+        return ""
+    _, sep, port = agent_listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "give host:port (e.g. 0.0.0.0:7001)"
+    if port == listen.rpartition(":")[2]:
+        return (f"the agent needs a port of its own, not --listen's ({listen}); pick another port, or leave "
+                f"--agent-listen out to serve the agent on --listen")
+    return ""
 
 
 def agent_token(token: str, token_file: str) -> str:

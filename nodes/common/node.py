@@ -3,6 +3,11 @@
 A kind provides `async def serve(ctx: NodeContext) -> None` (registered in
 `faultlab.nodes.common.main.KINDS`) that adds its services to `ctx.server`,
 calls `await ctx.start()` and runs until `ctx.stopping` is set.
+
+With `agent_listen` (`--agent-listen`) the fault agent gets a gRPC server of its own
+(`ctx.agent_host()`, with health and reflection) on that address, so a NetworkPolicy can
+admit only the operator to it while peers and clients reach the data port; without it
+the agent shares the data server.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class NodeContext:
     # ("auto", "0", "2GiB", "10%"; see faultlab.nodes.agent.resources.DiskFloor).
     disk_fill_floor: str = "auto"
     metrics_listen: str = ""
+    # host:port of the fault agent's own server; empty: the agent is served on `listen`.
+    agent_listen: str = ""
     options: dict[str, str] = field(default_factory=dict)
     clock: Clock = CLOCK
     resolver: PeerResolver = field(default_factory=PeerResolver)
@@ -65,7 +72,10 @@ class NodeContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     server: grpc.aio.Server | None = None
     health: health.aio.HealthServicer | None = None  # type: ignore[name-defined]
+    agent_server: grpc.aio.Server | None = None
+    agent_health: health.aio.HealthServicer | None = None  # type: ignore[name-defined]
     _service_names: list[str] = field(default_factory=list)
+    _agent_service_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.advertise = self.advertise or self.listen
@@ -76,8 +86,27 @@ class NodeContext:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         return self.server
 
-    def add_service_name(self, full_name: str) -> None:
-        self._service_names.append(full_name)
+    def agent_host(self) -> grpc.aio.Server:
+        """The server the fault agent is added to: its own on `agent_listen`, else the data server.
+
+        The agent's server has no interceptors: network faults apply to data traffic, never to
+        the calls that recover them.
+        """
+        if not self.agent_listen:
+            assert self.server is not None, "call create_server() first"
+            return self.server
+        if self.agent_server is None:
+            self.agent_server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+            self.agent_health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.agent_health, self.agent_server)
+        return self.agent_server
+
+    def add_service_name(self, full_name: str, server: grpc.aio.Server | None = None) -> None:
+        """Names a service for health and reflection on `server` (default: the data server)."""
+        if server is not None and server is self.agent_server:
+            self._agent_service_names.append(full_name)
+        else:
+            self._service_names.append(full_name)
 
     def channel(self, peer_id: str, address: str) -> grpc.aio.Channel:
         """An insecure channel to a peer, with the fault agent's client interceptors."""
@@ -93,23 +122,32 @@ class NodeContext:
         assert self.server is not None and self.health is not None, "call create_server() first"
         names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
-        port = self.server.add_insecure_port(self.listen)
-        if port == 0:
-            raise OSError(f"--listen {self.listen}: cannot bind (address in use or not local)")
+        _bind(self.server, self.listen, "--listen")
         if self.metrics_listen:
             from prometheus_client import start_http_server
 
             host, _, mport = self.metrics_listen.rpartition(":")
             start_http_server(int(mport), addr=host or "0.0.0.0")
+        if self.agent_server is not None:
+            names = [*self._agent_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, self.agent_server)
+            _bind(self.agent_server, self.agent_listen, "--agent-listen")
         await self.server.start()
+        if self.agent_server is not None:
+            await self.agent_server.start()
         await self.set_serving(True)
         log.info("%s node %s serving on %s", self.kind, self.node_id, self.listen)
+        if self.agent_server is not None:
+            log.info("fault agent of node %s serving on %s", self.node_id, self.agent_listen)
 
     async def set_serving(self, serving: bool) -> None:
         assert self.health is not None
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
+        if self.agent_health is not None:
+            for name in ["", *self._agent_service_names]:
+                await self.agent_health.set(name, status)
 
     async def wait_stopping(self) -> None:
         loop = asyncio.get_running_loop()
@@ -121,6 +159,17 @@ class NodeContext:
         if self.server is not None:
             await self.set_serving(False)
             await self.server.stop(grace)
+        if self.agent_server is not None:
+            await self.agent_server.stop(grace)
+
+
+def _bind(server: grpc.aio.Server, address: str, flag: str) -> None:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"{flag} {address}: cannot bind (address in use or not local)")
 
 
 def env_default(name: str, default: str = "") -> str:

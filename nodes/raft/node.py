@@ -789,7 +789,7 @@ async def serve(ctx: NodeContext, sm: StateMachine | None = None) -> None:
     server = ctx.create_server()
     add_services(server, ctx, node, state_machine)
     if agent is not None:
-        agent.add_to_server(server)
+        agent.add_to_server(ctx.agent_host())
     await ctx.start()
     await node.start()
     try:

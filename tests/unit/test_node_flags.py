@@ -50,3 +50,23 @@ def test_disk_fill_floor_defaults_to_auto(monkeypatch: pytest.MonkeyPatch) -> No
     assert build_parser().parse_args(["raft", "--id", "n1"]).disk_fill_floor == "auto"
     monkeypatch.setenv("FAULTLAB_DISK_FILL_FLOOR", "0")
     assert build_parser().parse_args(["raft", "--id", "n1"]).disk_fill_floor == "0"
+
+
+def test_agent_listen_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAULTLAB_AGENT_LISTEN", raising=False)
+    assert build_parser().parse_args(["raft", "--id", "n1"]).agent_listen == ""
+    monkeypatch.setenv("FAULTLAB_AGENT_LISTEN", "0.0.0.0:7001")
+    assert build_parser().parse_args(["raft", "--id", "n1"]).agent_listen == "0.0.0.0:7001"
+
+
+@pytest.mark.parametrize(("agent_listen", "message"), [
+    ("7001", "host:port"), ("0.0.0.0:http", "host:port"), ("0.0.0.0:70000", "host:port"),
+    ("0.0.0.0:7000", "a port of its own"), ("127.0.0.1:7000", "a port of its own"),
+])
+def test_a_bad_agent_listen_is_refused_at_start(tmp_path: Path, agent_listen: str, message: str) -> None:
+    from faultlab.nodes.common.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["echo", "--id", "n1", "--data-dir", str(tmp_path), "--listen", "0.0.0.0:7000",
+              "--peers", "n1=127.0.0.1:7000", "--agent-listen", agent_listen])
+    assert f"--agent-listen {agent_listen}" in str(exc.value) and message in str(exc.value)
