@@ -101,6 +101,8 @@ RUNTIME_FAULTS = frozenset({"kill", "pause"})
 # Faults that can take a member out of the quorum; the blast-radius rule counts these.
 QUORUM_FAULTS = frozenset({"kill", "crash", "pause", "partition", "loss", "error", "diskFill", "corruption",
                            "memoryPressure"})
+# Faults that act once: the member comes back by itself (its runtime restarts it).
+ONE_SHOT_FAULTS = frozenset({"kill", "crash"})
 # Every agent fault carries a TTL: the rest of its window plus FAULT_TTL_MARGIN_SECONDS (the engine's default
 # margin). The agent refuses TTLs over its MAX_TTL_SECONDS (nodes/agent/faults.py; a unit test keeps the two
 # equal, so these models need not import the node side), so no window may be longer than MAX_WINDOW_SECONDS.
@@ -566,7 +568,7 @@ def _impaired(fault: Fault, replicas: int) -> int:
     return k
 
 
-def _impaired_together(faults: Sequence[Fault], replicas: int) -> int:
+def _impaired_together(faults: Sequence[Fault], replicas: int, cap: int | None = None) -> int:
     """Upper bound on the members `faults`, active at once, take out of the quorum together.
 
     Faults aimed at explicit `target.members` stay within those members, so together they
@@ -578,7 +580,7 @@ def _impaired_together(faults: Sequence[Fault], replicas: int) -> int:
     named_count = 0
     free = 0
     for f in faults:
-        k = _impaired(f, replicas)
+        k = _impaired(f, replicas) if cap is None else min(cap, _impaired(f, replicas))
         if not k:
             continue
         if f.target.members is not None and f.type != "partition":
@@ -630,20 +632,35 @@ def check_blast_radius(spec: ChaosExperimentSpec, replicas: int,
                             f"narrow target or raise blastRadius")
         if count == 0 and fault.target.role == "follower" and replicas == 1:
             problems.append(f"{where}: target.role follower: a 1-member cluster has no followers")
+    rollout_cap: int | None = None
     if spec.rollout is not None:
+        # One-shot faults (kill, crash) hit only the members a step adds; the members of the steps
+        # before are back before it starts when a `health` probe (every member serving) gates it.
+        quorum_faults = [f for f in spec.faults if f.type in QUORUM_FAULTS]
+        increments = bool(quorum_faults) and all(f.type in ONE_SHOT_FAULTS for f in quorum_faults) and any(
+            p.type == "health" for p in spec.steady_state.probes)
+        before = 0
+        rollout_cap = 0
         for i, step in enumerate(spec.rollout.steps):
             n = step.count(replicas)
             if n > limit:
                 problems.append(f"rollout.steps[{i}]: {n} members is over the blast radius of {limit}")
-            if not allow and n > tolerance and any(f.type in QUORUM_FAULTS for f in spec.faults):
-                problems.append(f"rollout.steps[{i}]: {n} members exceeds what {replicas} members tolerate "
-                                f"({tolerance}); {fix_quorum}")
+            down = max(0, n - before) if increments else n
+            before = n
+            rollout_cap = max(rollout_cap, down)
+            if not allow and down > tolerance and quorum_faults:
+                how = (f"{down} new members at once" if increments else f"{n} members")
+                problems.append(f"rollout.steps[{i}]: {how} exceeds what {replicas} members tolerate "
+                                f"({tolerance}); widen by at most {max(tolerance, 1)} per step, or {fix_quorum}"
+                                + ("" if increments or not all(f.type in ONE_SHOT_FAULTS for f in quorum_faults)
+                                   else " (or gate the steps with a `health` steady-state probe)"))
     if not allow:
         # Worst case over time: faults active together hit distinct members.
         instants = sorted({f.start_after_seconds for f in spec.faults})
         for t in instants:
             active = [f for f in spec.faults if f.start_after_seconds <= t < f.end_seconds]
-            out = min(replicas, _impaired_together(active, replicas))
+            # Under a rollout a fault reaches no more members at once than the steps let it.
+            out = min(replicas, _impaired_together(active, replicas, rollout_cap))
             if out > tolerance:
                 names = ", ".join(f.name for f in active if _impaired(f, replicas))
                 problems.append(

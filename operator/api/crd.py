@@ -107,11 +107,13 @@ KINDS: dict[str, KindInfo] = {
         ],
         rules=[
             Rule("spec",
-                 "self.blastRadius.allowQuorumLoss || !self.faults.exists(f, f.type in [" + _QUORUM_LIST + "] && "
+                 "self.blastRadius.allowQuorumLoss || has(self.rollout) || "
+                 "!self.faults.exists(f, f.type in [" + _QUORUM_LIST + "] && "
                  "(f.target.mode == 'all' || (f.target.mode == 'percent' && has(f.target.value) && "
                  "f.target.value >= 100.0)))",
-                 "a fault that hits every member takes the quorum out; target fewer members or set "
-                 "blastRadius.allowQuorumLoss: true to accept losing availability", ".blastRadius.allowQuorumLoss"),
+                 "a fault that hits every member takes the quorum out; target fewer members, widen it step by step "
+                 "with a rollout, or set blastRadius.allowQuorumLoss: true to accept losing availability",
+                 ".blastRadius.allowQuorumLoss"),
             Rule("spec",
                  "self.blastRadius.allowQuorumLoss || !has(self.blastRadius.maxPercent) || "
                  "self.blastRadius.maxPercent < 100.0",

@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from faultlab.operator.api.chaos import FAULT_TYPES, QUORUM_FAULTS
+from faultlab.operator.api.chaos import FAULT_TYPES, ONE_SHOT_FAULTS, QUORUM_FAULTS
 
 __all__ = [
     "AGENT_FAULTS",
@@ -37,8 +37,6 @@ AGENT_FAULTS = frozenset(FAULT_TYPES) - RUNTIME_FAULTS
 # Faults that can take a member out of the quorum (the API's list: crash, kill, pause, partition,
 # loss, error, diskFill, corruption, memoryPressure): at most the quorum's tolerance of members at once.
 UNAVAILABILITY_FAULTS = QUORUM_FAULTS
-# Faults that act once (the member comes back by itself): only the members newly hit count.
-ONE_SHOT_FAULTS = frozenset({"kill", "crash"})
 
 
 class SelectionError(ValueError):

@@ -283,6 +283,23 @@ def test_overlapping_faults_on_the_same_named_member_count_once() -> None:
     assert check_blast_radius(experiment(faults=unnamed).spec, 3)
 
 
+def test_a_health_gated_rolling_kill_counts_only_the_members_each_step_adds() -> None:
+    kill = [{"name": "kill", "type": "kill", "target": {"mode": "all"}}]
+    steps = {"steps": [{"maxTargets": 1}, {"maxTargets": 2}, {"maxTargets": 3}]}
+    health = {"probes": [{"name": "serving", "type": "health"}]}
+    assert check_blast_radius(experiment(faults=kill, rollout=steps, steadyState=health).spec, 3) == []
+    # Without the health gate a step may start while the last step's member is still down.
+    ungated = check_blast_radius(experiment(faults=kill, rollout=steps).spec, 3)
+    assert any("rollout.steps[1]" in p and "health" in p for p in ungated), ungated
+    # Two new members in one step is two down at once.
+    jump = {"steps": [{"maxTargets": 1}, {"maxTargets": 3}]}
+    assert any("2 new members" in p for p in check_blast_radius(
+        experiment(faults=kill, rollout=jump, steadyState=health).spec, 3))
+    # A lasting fault (pause) keeps every member of the earlier steps out.
+    pause = [{"name": "p", "type": "pause", "target": {"mode": "all"}}]
+    assert check_blast_radius(experiment(faults=pause, rollout=steps, steadyState=health).spec, 3)
+
+
 def test_degrading_faults_do_not_count_against_quorum() -> None:
     faults = [{"name": "slow", "type": "delay", "target": {"mode": "all"}}]
     assert check_blast_radius(experiment(faults=faults).spec, 3) == []
