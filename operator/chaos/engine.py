@@ -257,7 +257,7 @@ class Engine:
     def _agent(self, member: str) -> AgentLike:
         agent = self._agents.get(member)
         if agent is None:
-            address = self.st.members.get(member) or self.members[member].address
+            address = self.st.agents.get(member) or self.st.members.get(member) or self.members[member].agent_address
             agent = self.opts.agent_factory(address, self._token)
             self._agents[member] = agent
         return agent
@@ -271,7 +271,8 @@ class Engine:
     def _member(self, member_id: str) -> Member:
         m = self.members.get(member_id)
         if m is None:
-            m = Member(member_id, self.st.members.get(member_id, ""))
+            m = Member(member_id, self.st.members.get(member_id, ""),
+                       agent_address=self.st.agents.get(member_id, ""))
         return m
 
     # ------------------------------------------------------------------ entry points
@@ -366,6 +367,7 @@ class Engine:
         self.members = {m.id: m for m in members}
         for m in members:
             self.st.members.setdefault(m.id, m.address)
+            self.st.agents.setdefault(m.id, m.agent_address)
         self.view = ClusterView({m.id: m.address for m in members})
         self._token = await self.runtime.agent_token(self.target)
 

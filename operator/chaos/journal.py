@@ -117,6 +117,9 @@ class ExperimentState:
     faults: list[FaultRecord] = field(default_factory=list)
     timeline: list[Event] = field(default_factory=list)
     members: dict[str, str] = field(default_factory=dict)  # id -> address at plan time
+    # id -> FaultAgent address at plan time (journals from before agents had a port of their own
+    # lack it: their agents answered at `members`).
+    agents: dict[str, str] = field(default_factory=dict)
     plan: list[dict[str, Any]] = field(default_factory=list)
     aborted: str = ""
     message: str = ""

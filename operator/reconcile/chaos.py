@@ -292,7 +292,8 @@ class ExperimentRun:
         if state is not None and hasattr(runtime, "remember"):
             target = (state.spec.get("spec") or {}).get("target") or {}
             runtime.remember(TargetRef(target.get("kind", "RaftCluster"), target.get("name", ""),
-                                       target.get("namespace") or self.namespace), state.members)
+                                       target.get("namespace") or self.namespace),
+                             {**state.members, **state.agents})
         engine: Engine | None
         if state is not None and not state.terminal and not state.faults and not resume_only:
             # Stopped before it journaled any fault (faults are journaled before they are injected):

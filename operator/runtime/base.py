@@ -3,7 +3,7 @@
 Two implementations: `local` (node processes on loopback, state under `.faultlab/`)
 and `kubernetes` (the target resource's pods). They differ in how members are found
 and how a process is killed or paused; faults themselves always go to each member's
-FaultAgent over gRPC.
+FaultAgent over gRPC, at `Member.agent_address` (a port apart from the data services).
 """
 
 from __future__ import annotations
@@ -30,9 +30,16 @@ class Member:
     """One node of a target system as a runtime sees it."""
 
     id: str
-    address: str  # host:port of its gRPC server (data services and FaultAgent)
+    address: str  # host:port of its data services (Raft KV/Cluster/Peer, health): peers and clients dial it
     process: str = ""  # pid locally, pod name on Kubernetes
     labels: dict[str, str] = field(default_factory=dict)
+    # host:port of its FaultAgent (its own listener, --agent-listen); empty means `address`,
+    # for a node that serves the agent on its data server.
+    agent_address: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.agent_address:
+            object.__setattr__(self, "agent_address", self.address)
 
 
 class RuntimeError_(Exception):

@@ -168,6 +168,41 @@ def test_resume_rolls_back_everything_the_journal_lists(tmp_path: Path) -> None:
     assert asyncio.run(Engine.resume(store, rt, options(rt))) is None, "a finished journal has nothing to do"
 
 
+def test_agents_are_dialled_at_their_own_addresses_which_the_journal_keeps() -> None:
+    rt = FakeRuntime(["n1", "n2", "n3"])  # its agent_factory refuses a data address
+    report, store = run(doc([{"name": "slow", "type": "delay", "target": {"mode": "all"}}]), rt)
+    assert report["rollback_confirmed"] is True
+    assert all(any(call == "inject" for call, _ in a.calls) for a in rt.agents.values())
+    saved = store.load()
+    assert saved.members == {m: rt.address(m) for m in rt.ids}
+    assert saved.agents == {m: rt.agent_address(m) for m in rt.ids}
+
+
+def test_a_resumed_run_rolls_back_through_the_journaled_agent_addresses(tmp_path: Path) -> None:
+    from faultlab.operator.runtime.base import Member, TargetRef
+    from faultlab.protos.agent.v1 import agent_pb2 as pb
+
+    rt = FakeRuntime(["n1", "n2", "n3"])
+
+    async def members_without_agent_addresses(target: TargetRef) -> list[Member]:
+        return [Member(i, rt.address(i)) for i in rt.ids]  # what the runtime reports now is not used
+
+    rt.members = members_without_agent_addresses  # type: ignore[method-assign]
+    exp = ChaosExperiment.model_validate(doc([{"name": "slow", "type": "delay"}]))
+    state = ExperimentState("unit", "abcd", exp.to_dict(), 5, phase=Phase.OBSERVING)
+    state.members = {m: rt.address(m) for m in rt.ids}
+    state.agents = {m: rt.agent_address(m) for m in rt.ids}
+    state.faults.append(FaultRecord(id="fl-abcd-0-n2-1", member="n2", address=rt.address("n2"), type="delay",
+                                    mechanism="agent", status=FaultStatus.ACTIVE, step=0, fault_index=0,
+                                    fault_name="slow", ttl_seconds=30))
+    rt.agents["n2"].active["fl-abcd-0-n2-1"] = pb.Fault(id="fl-abcd-0-n2-1")
+    store = FileStateStore(tmp_path / "journal.json")
+    store.save(state)
+    report = asyncio.run(Engine.resume(store, rt, options(rt)))
+    assert report is not None and report["rollback_confirmed"] is True
+    assert not rt.agents["n2"].active and ("recover", "fl-abcd-0-n2-1") in rt.agents["n2"].calls
+
+
 def test_file_store_is_atomic_and_round_trips(tmp_path: Path) -> None:
     store = FileStateStore(tmp_path / "x" / "journal.json")
     assert store.load() is None

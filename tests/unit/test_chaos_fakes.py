@@ -56,14 +56,19 @@ class FakeRuntime:
         self.killed: list[str] = []
 
     def agent_factory(self, address: str, token: str) -> Any:
-        member = next(i for i in self.ids if self.address(i) == address)
+        member = next((i for i in self.ids if self.agent_address(i) == address), None)
+        assert member is not None, f"{address} is no member's agent address (a data address?)"
         return self.agents[member]
 
     def address(self, member_id: str) -> str:
         return f"127.0.0.1:{1 + self.ids.index(member_id)}"
 
+    def agent_address(self, member_id: str) -> str:
+        """Each member's agent listens apart from its data services, as on Kubernetes and locally."""
+        return f"127.0.0.1:{101 + self.ids.index(member_id)}"
+
     async def members(self, target: TargetRef) -> list[Member]:
-        return [Member(i, self.address(i), process="") for i in self.ids]
+        return [Member(i, self.address(i), process="", agent_address=self.agent_address(i)) for i in self.ids]
 
     async def agent_token(self, target: TargetRef) -> str:
         return "token"
