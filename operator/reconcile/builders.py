@@ -14,7 +14,8 @@ from typing import Any
 
 from faultlab.operator.api import API_VERSION, RaftCluster, fault_tolerance
 
-GRPC_PORT = 7000
+GRPC_PORT = 7000  # data services: Raft KV/Cluster/Peer and health (peers, clients, the operator)
+AGENT_PORT = 7001  # the FaultAgent and health (the operator only); on no Service
 METRICS_PORT = 9090
 DATA_MOUNT = "/var/lib/faultlab"
 DATA_DIR = f"{DATA_MOUNT}/data"
@@ -96,6 +97,16 @@ def member_host(cluster: str, namespace: str, member_id: str) -> str:
 
 def member_address(cluster: str, namespace: str, member_id: str) -> str:
     return f"{member_host(cluster, namespace, member_id)}:{GRPC_PORT}"
+
+
+def agent_port(pod: dict[str, Any]) -> int:
+    """The port a member pod's FaultAgent listens on: its `agent` container port, else the data port
+    (a pod made before agents had a port of their own, whose agent shares the data server)."""
+    for container in pod.get("spec", {}).get("containers", []):
+        for port in container.get("ports", []):
+            if port.get("name") == "agent":
+                return int(port["containerPort"])
+    return GRPC_PORT
 
 
 def peers_value(cluster: str, namespace: str, member_ids: list[str]) -> str:
@@ -209,6 +220,7 @@ def pod_template(rc: RaftCluster, owner: Owner) -> dict[str, Any]:
         "command": ["faultlab-node", "raft"],
         "envFrom": [{"configMapRef": {"name": config_map_name(owner.name)}}],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                  *([{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}] if spec.agent.enabled else []),
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "readinessProbe": _grpc_probe(period=1, failures=2),
         "livenessProbe": _grpc_probe(period=5, failures=12, initial_delay=5),
@@ -277,6 +289,8 @@ def member_pod(rc: RaftCluster, owner: Owner, member_id: str, peers: list[str], 
         {"name": "FAULTLAB_METRICS_LISTEN", "value": f"0.0.0.0:{METRICS_PORT}"},
     ]
     if rc.spec.agent.enabled:
+        # The agent listens apart from the data port, so a NetworkPolicy can admit only the operator to it.
+        env.append({"name": "FAULTLAB_AGENT_LISTEN", "value": f"0.0.0.0:{AGENT_PORT}"})
         env.append({"name": "FAULTLAB_AGENT_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": secret_name(owner.name), "key": TOKEN_KEY}}})
     if join:

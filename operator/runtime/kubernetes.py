@@ -2,7 +2,8 @@
 
 Members are found by the RaftCluster's pod labels and reached at their pod IPs
 (the operator runs in the cluster network; the test kubelet gives each pod a
-loopback IP). The agent token is read from the cluster's Secret. A kill deletes
+loopback IP): data services on the `grpc` port, the FaultAgent on the pod's
+`agent` port. The agent token is read from the cluster's Secret. A kill deletes
 the pod with grace period 0 (the operator recreates it); pausing a process needs
 a signal from inside the pod's node, which no API offers, so pause/resume raise
 a clear error instead of pretending.
@@ -49,10 +50,11 @@ class KubernetesRuntime:
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self.known: dict[str, tuple[TargetRef, str]] = {}  # address -> (target, member id), for agent_factory
+        self.known: dict[str, tuple[TargetRef, str]] = {}  # agent address -> (target, member id), for agent_factory
 
     def remember(self, target: TargetRef, members: dict[str, str]) -> None:
-        """Addresses of members (id -> address) from an earlier run's journal, so its agents are found again."""
+        """Agent addresses of members (id -> address) from an earlier run's journal, so its agents are found
+        again."""
         for member, address in members.items():
             self.known[address] = (target, member)
 
@@ -72,9 +74,10 @@ class KubernetesRuntime:
             ip = pod.get("status", {}).get("podIP")
             if not member or not ip:
                 continue
-            address = f"{ip}:{b.GRPC_PORT}"
-            self.known[address] = (target, member)
-            out.append(Member(id=member, address=address, process=pod["metadata"]["name"], labels=dict(labels)))
+            agent = f"{ip}:{b.agent_port(pod)}"
+            self.known[agent] = (target, member)
+            out.append(Member(id=member, address=f"{ip}:{b.GRPC_PORT}", process=pod["metadata"]["name"],
+                              labels=dict(labels), agent_address=agent))
         return sorted(out, key=lambda m: b.member_index(m.id))
 
     async def agent_token(self, target: TargetRef) -> str:
@@ -129,7 +132,8 @@ class KubernetesRuntime:
 
 
 class PodAgent:
-    """A FaultAgent client for one member that re-resolves the member's pod IP when its pod was replaced.
+    """A FaultAgent client for one member that re-resolves the member's pod IP (and agent port) when its
+    pod was replaced.
 
     A killed or evicted member comes back in a new pod with a new IP; rolling back or listing its
     faults must reach the new process (which holds none of them) instead of timing out on the old IP.
@@ -160,9 +164,9 @@ class PodAgent:
         except ApiError:
             return self.client
         ip = (pod or {}).get("status", {}).get("podIP")
-        if ip and f"{ip}:{b.GRPC_PORT}" != self.address:
+        if ip and pod is not None and f"{ip}:{b.agent_port(pod)}" != self.address:
             await self.client.close()
-            self.address = f"{ip}:{b.GRPC_PORT}"
+            self.address = f"{ip}:{b.agent_port(pod)}"
             self.runtime.known[self.address] = (self.target, self.member)
             self.client = self._client_type(self.address, self.token, timeout=3.0)
         return self.client

@@ -9,6 +9,7 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from faultlab.nodes.agent.client import AgentClient
@@ -64,14 +65,18 @@ def describe(admin: Kube, name: str, operator: OperatorProcess) -> str:
     return f"status: {slim}\ntimeline: {timeline}{stopped}\noperator log:\n{operator.logs(40)}"
 
 
-def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
+def agent_token(admin: Kube) -> str:
     secret = admin.get(path("Secret", E2E_NS, b.secret_name(NAME)))
     assert secret is not None
-    token = base64.b64decode(secret["data"]["token"]).decode()
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
+    token = agent_token(admin)
 
     async def run() -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for member, address in cluster.addresses().items():
+        for member, address in cluster.agent_addresses().items():
             client = AgentClient(address, token, timeout=3.0)
             try:
                 listing = await client.list()
@@ -81,6 +86,23 @@ def active_faults(admin: Kube, cluster: Cluster) -> dict[str, list[str]]:
         return out
 
     return asyncio.run(run())
+
+
+def test_agents_listen_on_a_port_of_their_own_not_on_the_data_port(cluster: Cluster, admin: Kube) -> None:
+    token = agent_token(admin)
+    agents, data = cluster.agent_addresses(), cluster.addresses()
+    assert set(agents) == set(data) == {"n1", "n2", "n3"}
+
+    async def run() -> None:
+        for member in sorted(agents):
+            async with AgentClient(agents[member], token, timeout=3.0) as agent:
+                assert (await agent.list()).node_id == member
+            async with AgentClient(data[member], token, timeout=3.0) as on_data_port:
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await on_data_port.list()
+                assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED, f"{member}'s data port serves the agent"
+
+    asyncio.run(run())
 
 
 def test_leader_partition_completes_linearizable_with_mttr(cluster: Cluster, admin: Kube,

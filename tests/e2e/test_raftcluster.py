@@ -99,6 +99,18 @@ class Cluster:
                 pass
         return out
 
+    def agent_addresses(self) -> dict[str, str]:
+        """Where each member's FaultAgent listens (its pod's agent port), as the test process dials it."""
+        out = {}
+        for m in self.status().get("members", []):
+            pod = b.pod_name(self.name, m["id"])
+            obj = self.kube.get(path("Pod", E2E_NS, pod))
+            try:
+                out[m["id"]] = self.pods.address(E2E_NS, pod, b.agent_port(obj or {}))
+            except LookupError:
+                pass
+        return out
+
     def patch_spec(self, spec: dict[str, Any]) -> None:
         self.kube.patch(path("RaftCluster", E2E_NS, self.name), {"spec": spec})
 

@@ -153,6 +153,31 @@ def test_namespaced_mode_renders_roles_and_namespace_flags(helm: Path) -> None:
     assert {p["metadata"]["namespace"] for p in policies} == {"faultlab-system", "team-a", "team-b"}
 
 
+def test_node_policy_admits_only_the_operator_to_the_agent_port(helm: Path) -> None:
+    from faultlab.operator.reconcile import builders as b
+
+    client = {"podSelector": {"matchLabels": {"app": "shop"}}}
+    objects = render({"networkPolicy": {"clients": [client]}, "watchNamespaces": ["team-a"]})
+    (nodes,) = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["namespace"] == "team-a"]
+    labels = chart_rbac.deployment(objects)["spec"]["template"]["metadata"]["labels"]
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "faultlab-system"}},
+                "podSelector": {"matchLabels": {k: labels[k] for k in ("app.kubernetes.io/name",
+                                                                      "app.kubernetes.io/instance",
+                                                                      "app.kubernetes.io/component")}}}
+    members = {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "faultlab",
+                                               "app.kubernetes.io/managed-by": "faultlab-operator"}}}
+    assert members["podSelector"]["matchLabels"].items() <= b.common_labels("any").items()
+    rules = {tuple(p["port"] for p in rule["ports"]): rule.get("from") for rule in nodes["spec"]["ingress"]}
+    assert rules == {(b.GRPC_PORT,): [operator, members, client], (b.AGENT_PORT,): [operator],
+                     (b.METRICS_PORT,): None}, "the agent port admits the operator only; the data port "\
+                                                "the operator, the members and the listed clients"
+
+
+def test_an_agent_port_equal_to_the_data_port_is_refused(helm: Path) -> None:
+    with pytest.raises(HelmError, match=r"networkPolicy\.nodePorts\.agent \(7000\) must differ"):
+        template({"networkPolicy": {"nodePorts": {"grpc": 7000, "agent": 7000, "metrics": 9090}}})
+
+
 def test_rbac_rules_are_exactly_those_of_deploy_rbac(helm: Path) -> None:
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     (cluster_role,) = by_kind(render(), "ClusterRole")

@@ -32,6 +32,7 @@ def test_pod_identity_and_dns_names() -> None:
     assert env["FAULTLAB_LISTEN"] == "0.0.0.0:7000"  # kubelet probes and port-forward both reach it
     assert env["FAULTLAB_DATA_DIR"] == b.DATA_DIR
     assert env["FAULTLAB_AGENT_TOKEN"] == {"secretKeyRef": {"name": "demo-agent-token", "key": "token"}}
+    assert env["FAULTLAB_AGENT_LISTEN"] == "0.0.0.0:7001"  # the agent on a port of its own, for the operator
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert "FAULTLAB_JOIN" not in env
     assert pod["metadata"]["labels"][b.L_MEMBER] == "n2"
@@ -44,8 +45,22 @@ def test_join_pod_and_no_agent() -> None:
     pod = b.member_pod(cluster(agent={"enabled": False}), OWNER, "n4", ["n1", "n2", "n3", "n4"], join=True)
     env = env_of(pod)
     assert env["FAULTLAB_JOIN"] == "true"
-    assert "FAULTLAB_AGENT_TOKEN" not in env
+    assert "FAULTLAB_AGENT_TOKEN" not in env and "FAULTLAB_AGENT_LISTEN" not in env
     assert pod["metadata"]["annotations"][b.A_JOIN] == "true"
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports == {"grpc": b.GRPC_PORT, "metrics": b.METRICS_PORT}, "no agent, no agent port"
+    assert b.agent_port(pod) == b.GRPC_PORT
+
+
+def test_the_agent_has_a_container_port_of_its_own_and_no_service_port() -> None:
+    pod = b.member_pod(cluster(), OWNER, "n1", ["n1"], join=False)
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports == {"grpc": 7000, "agent": 7001, "metrics": 9090}
+    assert b.agent_port(pod) == b.AGENT_PORT == 7001 != b.GRPC_PORT
+    assert env_of(pod)["FAULTLAB_AGENT_LISTEN"] == f"0.0.0.0:{b.AGENT_PORT}"
+    for service in (b.peers_service(OWNER), b.client_service(OWNER)):  # only the operator dials agents
+        assert b.AGENT_PORT not in {p["port"] for p in service["spec"]["ports"]}
+    assert b.template_hash(cluster(), OWNER) != b.template_hash(cluster(agent={"enabled": False}), OWNER)
 
 
 def test_pod_is_hardened_and_probed() -> None:

@@ -280,7 +280,7 @@ def test_sync_splits_cluster_scoped_resources() -> None:
 
 
 def test_network_policy_selects_node_pods_as_the_operator_labels_them() -> None:
-    from faultlab.operator.reconcile.builders import GRPC_PORT, METRICS_PORT, common_labels
+    from faultlab.operator.reconcile.builders import AGENT_PORT, GRPC_PORT, METRICS_PORT, common_labels
 
     text = (CHART / "templates" / "networkpolicy.yaml").read_text()
     selector = dict(re.findall(r"^ {6}(app\.kubernetes\.io/[a-z-]+): ([\w-]+)$", text, re.M))
@@ -288,7 +288,8 @@ def test_network_policy_selects_node_pods_as_the_operator_labels_them() -> None:
     labels = common_labels("any")
     assert selector.items() <= labels.items(), f"node pods carry {labels}; the policy selects {selector}"
     ports = values()["networkPolicy"]["nodePorts"]
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}, "nodePorts must match reconcile/builders.py"
+    assert ports == {"grpc": GRPC_PORT, "agent": AGENT_PORT, "metrics": METRICS_PORT}, \
+        "nodePorts must match reconcile/builders.py"
 
 
 def test_default_image_is_the_one_raft_clusters_default_to() -> None:
