@@ -111,7 +111,7 @@ def _print_cluster(runtime: Any, name: str, title: str | None = None) -> bool:
     views = run(runtime.inspect(name))
     leader = LocalRuntime.leader_of(views)
     table = Table(title=title or f"RaftCluster {name}", title_justify="left")
-    for col in ("member", "address", "pid", "restarts", "role", "term", "commit/applied", "health"):
+    for col in ("member", "address", "agent", "pid", "restarts", "role", "term", "commit/applied", "health"):
         table.add_column(col, justify="right" if col in {"term", "pid", "restarts"} else "left",
                          no_wrap=col != "health")
     for v in views:
@@ -121,7 +121,7 @@ def _print_cluster(runtime: Any, name: str, title: str | None = None) -> bool:
             health = "[yellow]paused[/]"
         if v.error:
             health += f" [red]{v.error}[/]"
-        table.add_row(v.id, v.address, str(v.pid or "-"), str(v.restarts), role, str(v.term),
+        table.add_row(v.id, v.address, v.agent_address or "-", str(v.pid or "-"), str(v.restarts), role, str(v.term),
                       f"{v.commit_index}/{v.applied_index}", health)
     console.print(table)
     if leader:

@@ -1,8 +1,11 @@
 """The local runtime: each member of a cluster is a node process on its own loopback address.
 
+A member serves its data services on one port of that address and, with the agent enabled,
+its FaultAgent on another (`--agent-listen`), as pods do on Kubernetes.
+
 Layout under the state directory (default `.faultlab/`):
 
-    <cluster>/cluster.json        members, addresses, supervisor pids, spec (written atomically)
+    <cluster>/cluster.json        members, addresses (data and agent), supervisor pids, spec (written atomically)
     <cluster>/agent-token         the FaultAgent token (0600); nodes read it through
                                   --agent-token-file, so no command line carries it
     <cluster>/<member>/           the member's data directory
@@ -182,11 +185,12 @@ class MemberRecord:
     """A member as recorded in cluster.json."""
 
     id: str
-    address: str
+    address: str  # data services (Raft, health): peers and clients
     data_dir: str
     log_file: str
     state_file: str
     supervisor_pid: int | None = None
+    agent_address: str = ""  # the FaultAgent's own listener; empty: no agent, or one on `address`
 
     def is_node(self, pid: int | None) -> bool:
         """`pid` is this member's node process (not its supervisor, not a reused pid)."""
@@ -218,15 +222,17 @@ class ClusterState:
         return json.dumps({
             "name": self.name, "kind": self.kind, "createdAt": self.created_at, "spec": self.spec,
             "ignoredSettings": self.ignored_settings,
-            "members": [{"id": m.id, "address": m.address, "dataDir": m.data_dir, "logFile": m.log_file,
-                         "stateFile": m.state_file, "supervisorPid": m.supervisor_pid} for m in self.members],
+            "members": [{"id": m.id, "address": m.address, "agentAddress": m.agent_address, "dataDir": m.data_dir,
+                         "logFile": m.log_file, "stateFile": m.state_file, "supervisorPid": m.supervisor_pid}
+                        for m in self.members],
         }, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> ClusterState:
         raw = json.loads(text)
         members = [MemberRecord(id=m["id"], address=m["address"], data_dir=m["dataDir"], log_file=m["logFile"],
-                                state_file=m["stateFile"], supervisor_pid=m.get("supervisorPid"))
+                                state_file=m["stateFile"], supervisor_pid=m.get("supervisorPid"),
+                                agent_address=m.get("agentAddress", ""))
                    for m in raw["members"]]
         return cls(name=raw["name"], kind=raw.get("kind", "RaftCluster"), spec=raw.get("spec", {}),
                    members=members, created_at=raw.get("createdAt", 0.0),
@@ -248,6 +254,7 @@ class MemberView:
     address: str
     pid: int | None
     process: str  # running | paused | down
+    agent_address: str = ""  # where its FaultAgent listens on a port of its own
     restarts: int = 0
     role: str = "Unknown"
     term: int = 0
@@ -368,9 +375,15 @@ class LocalRuntime:
             host = _loopback_host(i)
             port = _free_port(host, taken)
             taken.add(port)
+            agent_address = ""
+            if cluster.spec.agent.enabled:  # the agent listens apart from the data services, as in a pod
+                agent_port = _free_port(host, taken)
+                taken.add(agent_port)
+                agent_address = f"{host}:{agent_port}"
             members.append(MemberRecord(
                 id=member_id, address=f"{host}:{port}", data_dir=str(cdir / member_id),
-                log_file=str(cdir / f"{member_id}.log"), state_file=str(cdir / f"{member_id}.state.json")))
+                log_file=str(cdir / f"{member_id}.log"), state_file=str(cdir / f"{member_id}.state.json"),
+                agent_address=agent_address))
         known = _known_node_flags("raft")
         values = {
             "tick_ms": cluster.spec.timings.tick_ms, "election_ticks": cluster.spec.timings.election_ticks,
@@ -394,8 +407,9 @@ class LocalRuntime:
                 Path(m.log_file).write_text("")
                 with contextlib.suppress(FileNotFoundError):
                     Path(m.state_file).unlink()
+                agent_args = ["--agent-listen", m.agent_address] if m.agent_address else []
                 node_cmd = [sys.executable, "-m", NODE_MODULE, "raft", "--id", m.id, "--listen", m.address,
-                            "--peers", peers, "--data-dir", m.data_dir, *token_args, *extra]
+                            "--peers", peers, "--data-dir", m.data_dir, *token_args, *agent_args, *extra]
                 m.supervisor_pid = self._spawn_supervisor(m, node_cmd)
             self._save(state)
             await self.wait_for_leader(name, timeout_s, fail_on_restart=True, all_ready=True)
@@ -419,7 +433,7 @@ class LocalRuntime:
         for other in self.clusters():
             with contextlib.suppress(RuntimeError_):
                 for m in self.load(other).members:
-                    ports.add(int(m.address.rpartition(":")[2]))
+                    ports.update(int(a.rpartition(":")[2]) for a in (m.address, m.agent_address) if a)
         return ports
 
     def _wipe(self, cdir: Path) -> None:
@@ -479,7 +493,7 @@ class LocalRuntime:
         if alive:
             process = "paused" if _proc_state(pid or 0) in {"T", "t"} else "running"
         view = MemberView(id=m.id, address=m.address, pid=pid if alive else None, process=process,
-                          restarts=int(sup.get("restarts") or 0))
+                          restarts=int(sup.get("restarts") or 0), agent_address=m.agent_address)
         if process != "running":
             view.role, view.health = ("Down" if process == "down" else "Unknown"), "UNREACHABLE"
             return view
@@ -575,7 +589,8 @@ class LocalRuntime:
             pid = m.node_pid()
             out.append(Member(id=m.id, address=m.address,
                               process=str(pid) if pid and pid_alive(pid) else "",
-                              labels={"faultlab.dev/cluster": state.name, "faultlab.dev/member": m.id}))
+                              labels={"faultlab.dev/cluster": state.name, "faultlab.dev/member": m.id},
+                              agent_address=m.agent_address))
         return out
 
     async def agent_token(self, target: TargetRef) -> str:

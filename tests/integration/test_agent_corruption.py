@@ -77,7 +77,7 @@ async def test_a_restarted_member_refuses_its_corrupted_wal_then_heals_and_catch
 
         wal = max((data_dir / "wal").glob("*.wal"))
         clean = wal.read_bytes()
-        async with AgentClient(victim.address, token) as agent:
+        async with AgentClient(victim.agent_address, token) as agent:
             resp = await agent.inject(fault_from_spec("corruption", {"target": "wal", "bytes": 16, "seed": 7},
                                                       id="flip", ttl_seconds=120))
             assert resp.created and str(wal) in resp.detail
@@ -111,7 +111,7 @@ async def test_a_restarted_member_refuses_its_corrupted_wal_then_heals_and_catch
         restored = wal.read_bytes()
         assert all(restored[o] == clean[o] for o in offsets)
         assert not (data_dir / CORRUPTION_DIR).exists()
-        async with AgentClient(victim.address, token) as agent:
+        async with AgentClient(victim.agent_address, token) as agent:
             assert list((await agent.list()).faults) == []
 
         # healthy again: every member serves, the victim caught up and holds every value
@@ -134,7 +134,7 @@ async def test_corruption_recovered_while_the_member_runs_is_undone_in_place(
     async with RaftClient({m.id: m.address for m in members}) as kv:
         await kv.put("x", "1")
     wal = max((data_dir / "wal").glob("*.wal"))
-    async with AgentClient(victim.address, token) as agent:
+    async with AgentClient(victim.agent_address, token) as agent:
         resp = await agent.inject(fault_from_spec("corruption", {"target": "wal", "bytes": 4, "seed": 1},
                                                   id="flip", ttl_seconds=120))
         offsets = [int(x) for x in re.search(r"offsets=\[([\d,]+)\]", resp.detail).group(1).split(",")]

@@ -60,6 +60,10 @@ async def addresses(rt: LocalRuntime) -> dict[str, str]:
     return {m.id: m.address for m in await rt.members(TARGET)}
 
 
+async def agent_addresses(rt: LocalRuntime) -> dict[str, str]:
+    return {m.id: m.agent_address for m in await rt.members(TARGET)}
+
+
 async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,7 +125,7 @@ def proc_stat(pid: int) -> tuple[float, int]:
 async def agent_lists(rt: LocalRuntime) -> dict[str, Any]:
     token = await rt.agent_token(TARGET)
     out = {}
-    for mid, addr in (await addresses(rt)).items():
+    for mid, addr in (await agent_addresses(rt)).items():
         async with AgentClient(addr, token) as agent:
             out[mid] = await agent.list()
     return out
@@ -230,8 +234,9 @@ async def test_pause_freezes_the_member_and_resume_thaws_it(runtime: LocalRuntim
 async def test_kill_and_crash_restart_the_process(runtime: LocalRuntime, tmp_path: Path, kind: str) -> None:
     token = await runtime.agent_token(TARGET)
     addrs = await addresses(runtime)
+    agents = await agent_addresses(runtime)
     started = {}
-    for m, a in addrs.items():
+    for m, a in agents.items():
         async with AgentClient(a, token) as agent:
             started[m] = (await agent.list()).started_at
 
@@ -240,7 +245,7 @@ async def test_kill_and_crash_restart_the_process(runtime: LocalRuntime, tmp_pat
 
     report, _, target = await run_with_probe(runtime, tmp_path, {"type": kind, "target": {"role": "follower"}},
                                              nothing)
-    async with AgentClient(addrs[target], token) as agent:
+    async with AgentClient(agents[target], token) as agent:
         assert (await agent.list()).started_at != started[target], "the process restarted"
     assert any(e["kind"] == "restart" for e in report["timeline"])
     assert await healthy(addrs[target])
@@ -301,7 +306,7 @@ async def test_agent_holds_the_fault_while_active_and_not_after(runtime: LocalRu
                                                                fault: dict[str, Any]) -> None:
     async def listed(target: str, addrs: dict[str, str]) -> list[str]:
         token = await runtime.agent_token(TARGET)
-        async with AgentClient(addrs[target], token) as agent:
+        async with AgentClient((await agent_addresses(runtime))[target], token) as agent:
             return [f"{a.fault.id} {a.detail}" for a in (await agent.list()).faults]
 
     _, held, _ = await run_with_probe(runtime, tmp_path, {**fault, "target": {"role": "follower"}}, listed)

@@ -58,7 +58,7 @@ async def all_faults(rt: LocalRuntime) -> dict[str, list[Any]]:
     token = await rt.agent_token(TARGET)
     out: dict[str, list[Any]] = {}
     for m in await rt.members(TARGET):
-        async with AgentClient(m.address, token) as agent:
+        async with AgentClient(m.agent_address, token) as agent:
             out[m.id] = list((await agent.list()).faults)
     return out
 

@@ -50,11 +50,12 @@ async def test_a_resumed_run_restarts_the_workload_and_verifies_its_probes(clust
     members = {m.id: m for m in await rt.members(TARGET)}
     token = await rt.agent_token(TARGET)
     fid = "fl-dead0001-0-n1-1"
-    async with AgentClient(members["n1"].address, token) as agent:  # what the interrupted engine left
+    async with AgentClient(members["n1"].agent_address, token) as agent:  # what the interrupted engine left
         await agent.inject(fault_from_spec("delay", {"latencyMs": 50}, id=fid, ttl_seconds=120, match=None))
         started_at = (await agent.list()).started_at
     state = ExperimentState("resumed", "dead0001", exp.to_dict(), 7, phase=Phase.OBSERVING)
     state.members = {m: x.address for m, x in members.items()}
+    state.agents = {m: x.agent_address for m, x in members.items()}
     state.faults.append(FaultRecord(id=fid, member="n1", address=members["n1"].address, type="delay",
                                     mechanism="agent", step=0, fault_index=0, fault_name="slow", ttl_seconds=120,
                                     status=FaultStatus.ACTIVE, agent_started_at=started_at, injected_at=1.0))
@@ -73,5 +74,5 @@ async def test_a_resumed_run_restarts_the_workload_and_verifies_its_probes(clust
     assert not stopped.startswith("verification workload stopped: 0 of"), stopped
     assert report["verdict"] == "Inconclusive", "an interrupted history proves nothing either way"
     assert report["metrics"]["availability"]["overall"] is None, "no availability claimed for a lost history"
-    async with AgentClient(members["n1"].address, token) as agent:
+    async with AgentClient(members["n1"].agent_address, token) as agent:
         assert not (await agent.list()).faults

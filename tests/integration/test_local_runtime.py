@@ -8,6 +8,7 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
@@ -62,11 +63,22 @@ async def test_up_elects_a_leader_and_reports_status(cluster: tuple[LocalRuntime
     assert await runtime.agent_token(TARGET) == token_file.read_text().strip() != ""
     saved = json.loads((cdir / "cluster.json").read_text())
     assert [m["id"] for m in saved["members"]] == ["n1", "n2", "n3"] and saved["spec"]["replicas"] == 3
+    # each agent listens on a port of its own beside its member's data port, as in a pod
+    assert [m["agentAddress"] for m in saved["members"]] == [m.agent_address for m in members]
+    for m in members:
+        host, _, port = m.address.rpartition(":")
+        agent_host, _, agent_port = m.agent_address.rpartition(":")
+        assert agent_host == host and agent_port != port
+    async with AgentClient(members[0].address, await runtime.agent_token(TARGET)) as on_data_port:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await on_data_port.list()
+    assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED, "the data port does not serve the agent"
     assert all((cdir / f"n{i}").is_dir() and (cdir / f"n{i}.log").is_file() for i in (1, 2, 3))
 
     # `up` again with the same spec is a no-op returning the same members
     again = await runtime.up(load_one(EXAMPLE, RaftCluster), timeout_s=UP_TIMEOUT_S)
-    assert [(m.id, m.address, m.process) for m in again] == [(m.id, m.address, m.process) for m in members]
+    assert [(m.id, m.address, m.agent_address, m.process) for m in again] == [
+        (m.id, m.address, m.agent_address, m.process) for m in members]
 
 
 def command_lines_with(needle: str) -> dict[int, str]:
@@ -94,7 +106,7 @@ async def test_the_agent_token_is_on_no_command_line(cluster: tuple[LocalRuntime
     assert command_lines_with(token) == {}
     # the nodes did get the token: every agent accepts it
     for m in members:
-        async with AgentClient(m.address, token) as client:
+        async with AgentClient(m.agent_address, token) as client:
             assert (await client.list()).node_id == m.id
     # and a node the supervisor restarts reads it again, still off its command line
     victim = members[0]
@@ -103,7 +115,7 @@ async def test_the_agent_token_is_on_no_command_line(cluster: tuple[LocalRuntime
     assert await runtime.wait_running(TARGET, victim, timeout_s=30)
     assert runtime.node_pid(TARGET, victim.id) != old
     assert command_lines_with(token) == {}
-    async with AgentClient(victim.address, token) as client:
+    async with AgentClient(victim.agent_address, token) as client:
         assert (await client.list()).node_id == victim.id
 
 
@@ -186,6 +198,9 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         for member in ("n1", "n2", "n3"):
             assert member in status.output
         assert "Leader" in status.output and "SERVING" in status.output
+        assert "agent" in status.output
+        for m in LocalRuntime(Path(state)).load("demo").members:
+            assert m.address in status.output and m.agent_address in status.output
 
         # two of three frozen: no quorum, no leader -> non-zero exit
         runtime = LocalRuntime(Path(state))
