@@ -26,19 +26,12 @@ from faultlab.operator.chaos.journal import (
 )
 from faultlab.operator.chaos.probes import ClusterView, MemberStatus
 from faultlab.operator.cli import cli
-from tests.unit.test_chaos_fakes import FakeRuntime
+from tests.unit.test_chaos_fakes import FakeRuntime, steady_cluster_view
 
 
 @pytest.fixture(autouse=True)
 def fake_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def statuses(self: ClusterView) -> dict[str, MemberStatus | None]:
-        return {m: MemberStatus(m, "leader" if m == "n1" else "follower", 1, "n1") for m in sorted(self.members)}
-
-    async def healthy(self: ClusterView, member: str) -> bool:
-        return True
-
-    monkeypatch.setattr(ClusterView, "statuses", statuses)
-    monkeypatch.setattr(ClusterView, "healthy", healthy)
+    steady_cluster_view(monkeypatch)
 
 
 def doc(faults: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:

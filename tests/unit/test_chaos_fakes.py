@@ -86,3 +86,17 @@ class FakeRuntime:
 
     async def wait_running(self, target: TargetRef, member: Member, timeout_s: float) -> bool:
         return True
+
+
+def steady_cluster_view(monkeypatch: Any) -> None:
+    """Makes every ClusterView see n1 leading a healthy cluster (no gRPC to members)."""
+    from faultlab.operator.chaos.probes import ClusterView, MemberStatus
+
+    async def statuses(self: ClusterView) -> dict[str, MemberStatus | None]:
+        return {m: MemberStatus(m, "leader" if m == "n1" else "follower", 1, "n1") for m in sorted(self.members)}
+
+    async def healthy(self: ClusterView, member: str) -> bool:
+        return True
+
+    monkeypatch.setattr(ClusterView, "statuses", statuses)
+    monkeypatch.setattr(ClusterView, "healthy", healthy)

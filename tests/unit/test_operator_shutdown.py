@@ -20,14 +20,13 @@ from typing import Any
 import kopf
 import pytest
 
-from faultlab.operator.chaos.probes import ClusterView, MemberStatus
 from faultlab.operator.reconcile import chaos as chaos_mod
 from faultlab.operator.reconcile import commands
 from faultlab.operator.reconcile.chaos import ChaosController, ExperimentRun
 from faultlab.operator.reconcile.events import EventRecorder
 from faultlab.operator.reconcile.handlers import FINALIZER
 from faultlab.operator.reconcile.kube import Kube, path
-from tests.unit.test_chaos_fakes import FakeRuntime
+from tests.unit.test_chaos_fakes import FakeRuntime, steady_cluster_view
 
 NS, NAME = "chaos", "cut"
 OBJECT = path("ChaosExperiment", NS, NAME)
@@ -36,14 +35,7 @@ FAST = {"warmup_s": 0.0, "settle_s": 0.1, "after_s": 0.0, "tick_s": 0.02, "probe
 
 @pytest.fixture(autouse=True)
 def fake_statuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def statuses(self: ClusterView) -> dict[str, MemberStatus | None]:
-        return {m: MemberStatus(m, "leader" if m == "n1" else "follower", 1, "n1") for m in sorted(self.members)}
-
-    async def healthy(self: ClusterView, member: str) -> bool:
-        return True
-
-    monkeypatch.setattr(ClusterView, "statuses", statuses)
-    monkeypatch.setattr(ClusterView, "healthy", healthy)
+    steady_cluster_view(monkeypatch)
 
 
 def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
