@@ -8,8 +8,9 @@ leader is known); an outcome the member cannot vouch for is UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
@@ -43,6 +44,8 @@ from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
+# Operations of one Pipeline stream being handled at once; the stream's reader waits beyond that.
+PIPELINE_WINDOW = 1024
 MEMBERSHIP_TIMEOUT = 30.0
 
 try:
@@ -101,70 +104,134 @@ class KVService(pb_grpc.KVServicer):
         if len(value) > self.max_value:
             raise InvalidArgument(f"{field}: {len(value)} bytes exceeds --max-value-bytes={self.max_value}")
 
-    async def _propose(self, data: bytes, context: grpc.aio.ServicerContext) -> tuple[Any, int]:
-        result, index = await self.node.propose(data, _timeout(context))
+    async def _propose(self, data: bytes, timeout: float) -> tuple[Any, int]:
+        result, index = await self.node.propose(data, timeout)
         if isinstance(result, CommandError):
             if result.code == "stale":
                 raise InvalidArgument(f"session.sequence: {result.message}")
             raise Unavailable(result.message)
         return result, index
 
-    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
-        async def run() -> pb.PutResponse:
-            self._check_key(request.key)
-            self._check_value(request.value)
-            cid, seq = _session(request.session)
-            result, index = await self._propose(encode_put(request.key, request.value, cid, seq), context)
-            assert isinstance(result, PutResult)
-            return pb.PutResponse(header=self._header(index), prev_found=result.prev_found,
-                                  prev_value=result.prev_value)
-        return await _call(context, run())
+    # The operations, shared by the unary calls and Pipeline; errors are RaftNodeErrors.
 
-    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        async def run() -> pb.DeleteResponse:
-            self._check_key(request.key)
-            cid, seq = _session(request.session)
-            result, index = await self._propose(Command(OP_DELETE, request.key, b"", cid, seq).encode(), context)
-            assert isinstance(result, DeleteResult)
-            return pb.DeleteResponse(header=self._header(index), deleted=result.deleted)
-        return await _call(context, run())
+    async def _put(self, request: pb.PutRequest, timeout: float) -> pb.PutResponse:
+        self._check_key(request.key)
+        self._check_value(request.value)
+        cid, seq = _session(request.session)
+        result, index = await self._propose(encode_put(request.key, request.value, cid, seq), timeout)
+        assert isinstance(result, PutResult)
+        return pb.PutResponse(header=self._header(index), prev_found=result.prev_found, prev_value=result.prev_value)
 
-    async def CompareAndSwap(self, request: pb.CompareAndSwapRequest,
-                             context: grpc.aio.ServicerContext) -> pb.CompareAndSwapResponse:
-        async def run() -> pb.CompareAndSwapResponse:
-            self._check_key(request.key)
-            self._check_value(request.value)
-            self._check_value(request.expected, "expected")
-            cid, seq = _session(request.session)
-            cmd = Command(OP_CAS, request.key, request.value, cid, seq, request.expect_found, request.expected)
-            result, index = await self._propose(cmd.encode(), context)
-            assert isinstance(result, CasResult)
-            return pb.CompareAndSwapResponse(header=self._header(index), succeeded=result.succeeded,
-                                             found=result.found, current=result.current)
-        return await _call(context, run())
+    async def _delete(self, request: pb.DeleteRequest, timeout: float) -> pb.DeleteResponse:
+        self._check_key(request.key)
+        cid, seq = _session(request.session)
+        result, index = await self._propose(Command(OP_DELETE, request.key, b"", cid, seq).encode(), timeout)
+        assert isinstance(result, DeleteResult)
+        return pb.DeleteResponse(header=self._header(index), deleted=result.deleted)
 
-    async def _read_point(self, consistency: int, context: grpc.aio.ServicerContext) -> int:
+    async def _cas(self, request: pb.CompareAndSwapRequest, timeout: float) -> pb.CompareAndSwapResponse:
+        self._check_key(request.key)
+        self._check_value(request.value)
+        self._check_value(request.expected, "expected")
+        cid, seq = _session(request.session)
+        cmd = Command(OP_CAS, request.key, request.value, cid, seq, request.expect_found, request.expected)
+        result, index = await self._propose(cmd.encode(), timeout)
+        assert isinstance(result, CasResult)
+        return pb.CompareAndSwapResponse(header=self._header(index), succeeded=result.succeeded,
+                                         found=result.found, current=result.current)
+
+    async def _read_point(self, consistency: int, timeout: float) -> int:
         if consistency == pb.READ_CONSISTENCY_SERIALIZABLE:
             return self.node.applied
         if consistency != pb.READ_CONSISTENCY_LINEARIZABLE:
             raise InvalidArgument(f"consistency: unknown value {consistency}")
-        return await self.node.read_barrier(_timeout(context))
+        return await self.node.read_barrier(timeout)
+
+    async def _get(self, request: pb.GetRequest, timeout: float) -> pb.GetResponse:
+        self._check_key(request.key)
+        index = await self._read_point(request.consistency, timeout)
+        value = self.sm.get(request.key)
+        return pb.GetResponse(header=self._header(index), found=value is not None, value=value or b"")
+
+    async def _range(self, request: pb.RangeRequest, timeout: float) -> pb.RangeResponse:
+        index = await self._read_point(request.consistency, timeout)
+        items, more = self.sm.range(request.prefix, request.limit)
+        return pb.RangeResponse(header=self._header(index), more=more,
+                                items=[pb.KeyValue(key=k, value=v) for k, v in items])
+
+    # Unary calls.
+
+    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
+        return await _call(context, self._put(request, _timeout(context)))
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        return await _call(context, self._delete(request, _timeout(context)))
+
+    async def CompareAndSwap(self, request: pb.CompareAndSwapRequest,
+                             context: grpc.aio.ServicerContext) -> pb.CompareAndSwapResponse:
+        return await _call(context, self._cas(request, _timeout(context)))
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        async def run() -> pb.GetResponse:
-            self._check_key(request.key)
-            index = await self._read_point(request.consistency, context)
-            value = self.sm.get(request.key)
-            return pb.GetResponse(header=self._header(index), found=value is not None, value=value or b"")
-        return await _call(context, run())
+        return await _call(context, self._get(request, _timeout(context)))
 
     async def Range(self, request: pb.RangeRequest, context: grpc.aio.ServicerContext) -> pb.RangeResponse:
-        async def run() -> pb.RangeResponse:
-            index = await self._read_point(request.consistency, context)
-            items, more = self.sm.range(request.prefix, request.limit)
-            return pb.RangeResponse(header=self._header(index), more=more,
-                                    items=[pb.KeyValue(key=k, value=v) for k, v in items])
-        return await _call(context, run())
+        return await _call(context, self._range(request, _timeout(context)))
+
+    # Pipeline: many operations in flight on one stream, answered by id in any order.
+
+    async def _pipelined(self, request: pb.PipelineRequest, timeout: float) -> pb.PipelineResponse:
+        op = request.WhichOneof("op")
+        try:
+            if op == "put":
+                return pb.PipelineResponse(id=request.id, put=await self._put(request.put, timeout))
+            if op == "get":
+                return pb.PipelineResponse(id=request.id, get=await self._get(request.get, timeout))
+            if op == "delete":
+                return pb.PipelineResponse(id=request.id, delete=await self._delete(request.delete, timeout))
+            if op == "compare_and_swap":
+                return pb.PipelineResponse(id=request.id,
+                                           compare_and_swap=await self._cas(request.compare_and_swap, timeout))
+            raise InvalidArgument("op: set one of put, get, delete, compare_and_swap")
+        except NotLeaderError as exc:
+            error = pb.PipelineError(code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=str(exc),
+                                     leader=f"{exc.leader_id}={exc.leader_address}")
+        except RaftNodeError as exc:
+            code = _CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+            error = pb.PipelineError(code=code.value[0], message=str(exc))
+        return pb.PipelineResponse(id=request.id, error=error)
+
+    async def Pipeline(self, request_iterator: AsyncIterator[pb.PipelineRequest],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PipelineResponse]:
+        answers: asyncio.Queue[pb.PipelineResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(PIPELINE_WINDOW)
+        running: set[asyncio.Task[None]] = set()
+
+        async def handle(request: pb.PipelineRequest) -> None:
+            try:
+                answers.put_nowait(await self._pipelined(request, _timeout(context)))
+            finally:
+                window.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.ensure_future(handle(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
 
 class ClusterService(pb_grpc.ClusterServicer):

@@ -86,6 +86,16 @@ async def test_redirect_uses_the_address_the_client_knows_for_the_leader_id(
     assert unknown._hint_address(Redirect()) == "n2.demo.default.svc:7000"  # type: ignore[arg-type]
 
 
+async def test_pipeline_falls_back_to_unary_calls_where_the_server_has_none(
+        servers: list[tuple[str, ScriptedKV]]) -> None:
+    (addr, kv), _ = servers  # ScriptedKV implements Put only: Pipeline is UNIMPLEMENTED
+    async with RaftClient([addr], pipeline=True) as client:
+        await client.put("k", "v")
+        await client.put("k", "w")
+        assert [p.supported for p in client._pipes.values()] == [False]
+    assert len(kv.calls) == 2, "both writes went through unary Put, once each"
+
+
 async def test_retries_unavailable_with_the_same_session(servers: list[tuple[str, ScriptedKV]]) -> None:
     (addr, kv), _ = servers
     failures = iter([True, True, False, False])

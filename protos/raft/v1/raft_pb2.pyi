@@ -683,6 +683,119 @@ class RangeResponse(_message.Message):
 Global___RangeResponse: _TypeAlias = RangeResponse  # noqa: Y015
 
 @_typing.final
+class PipelineRequest(_message.Message):
+    """One request of a KV.Pipeline stream: the unary request of the same name, tagged by the
+    client with an id its answer carries back.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutRequest: ...
+    @_builtins.property
+    def get(self) -> Global___GetRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest: ...
+    @_builtins.property
+    def compare_and_swap(self) -> Global___CompareAndSwapRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        put: Global___PutRequest | None = ...,
+        get: Global___GetRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+        compare_and_swap: Global___CompareAndSwapRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "op", b"op", "put", b"put"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "id", b"id", "op", b"op", "put", b"put"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___PipelineRequest: _TypeAlias = PipelineRequest  # noqa: Y015
+
+@_typing.final
+class PipelineError(_message.Message):
+    """The outcome of one failed pipelined request: what the unary call would have ended with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A google.rpc.Code value (FAILED_PRECONDITION = 9, UNAVAILABLE = 14, ...)."""
+    message: _builtins.str
+    leader: _builtins.str
+    """With FAILED_PRECONDITION: "id=host:port" of the leader, as the unary faultlab-leader metadata."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        leader: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "leader", b"leader", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineError: _TypeAlias = PipelineError  # noqa: Y015
+
+@_typing.final
+class PipelineResponse(_message.Message):
+    """The answer to the PipelineRequest with the same id; answers may come in any order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutResponse: ...
+    @_builtins.property
+    def get(self) -> Global___GetResponse: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteResponse: ...
+    @_builtins.property
+    def compare_and_swap(self) -> Global___CompareAndSwapResponse: ...
+    @_builtins.property
+    def error(self) -> Global___PipelineError: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        put: Global___PutResponse | None = ...,
+        get: Global___GetResponse | None = ...,
+        delete: Global___DeleteResponse | None = ...,
+        compare_and_swap: Global___CompareAndSwapResponse | None = ...,
+        error: Global___PipelineError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "error", b"error", "get", b"get", "put", b"put", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "error", b"error", "get", b"get", "id", b"id", "put", b"put", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PipelineResponse: _TypeAlias = PipelineResponse  # noqa: Y015
+
+@_typing.final
 class Member(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

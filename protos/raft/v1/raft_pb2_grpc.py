@@ -180,6 +180,11 @@ class KVStub:
                 request_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.RangeRequest.SerializeToString,
                 response_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.RangeResponse.FromString,
                 _registered_method=True)
+        self.Pipeline = channel.stream_stream(
+                '/faultlab.raft.v1.KV/Pipeline',
+                request_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequest.SerializeToString,
+                response_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -215,6 +220,14 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pipeline(self, request_iterator, context):
+        """The same operations, many in flight on one stream (no per-call cost in the server): each
+        request is handled as its unary call would be, with the same errors, answered by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +255,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Range,
                     request_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.RangeRequest.FromString,
                     response_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.RangeResponse.SerializeToString,
+            ),
+            'Pipeline': grpc.stream_stream_rpc_method_handler(
+                    servicer.Pipeline,
+                    request_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequest.FromString,
+                    response_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +397,33 @@ class KV:
             '/faultlab.raft.v1.KV/Range',
             faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.RangeRequest.SerializeToString,
             faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pipeline(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/faultlab.raft.v1.KV/Pipeline',
+            faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequest.SerializeToString,
+            faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

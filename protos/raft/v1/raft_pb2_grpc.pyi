@@ -81,6 +81,10 @@ class KVStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_raft_pb2.DeleteRequest, _raft_pb2.DeleteResponse]
     CompareAndSwap: _grpc.UnaryUnaryMultiCallable[_raft_pb2.CompareAndSwapRequest, _raft_pb2.CompareAndSwapResponse]
     Range: _grpc.UnaryUnaryMultiCallable[_raft_pb2.RangeRequest, _raft_pb2.RangeResponse]
+    Pipeline: _grpc.StreamStreamMultiCallable[_raft_pb2.PipelineRequest, _raft_pb2.PipelineResponse]
+    """The same operations, many in flight on one stream (no per-call cost in the server): each
+    request is handled as its unary call would be, with the same errors, answered by id.
+    """
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -90,6 +94,10 @@ class KVAsyncStub(KVStub):
     Delete: _aio.UnaryUnaryMultiCallable[_raft_pb2.DeleteRequest, _raft_pb2.DeleteResponse]  # type: ignore[assignment]
     CompareAndSwap: _aio.UnaryUnaryMultiCallable[_raft_pb2.CompareAndSwapRequest, _raft_pb2.CompareAndSwapResponse]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_raft_pb2.RangeRequest, _raft_pb2.RangeResponse]  # type: ignore[assignment]
+    Pipeline: _aio.StreamStreamMultiCallable[_raft_pb2.PipelineRequest, _raft_pb2.PipelineResponse]  # type: ignore[assignment]
+    """The same operations, many in flight on one stream (no per-call cost in the server): each
+    request is handled as its unary call would be, with the same errors, answered by id.
+    """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,6 +134,16 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         request: _raft_pb2.RangeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_raft_pb2.RangeResponse, _abc.Awaitable[_raft_pb2.RangeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Pipeline(
+        self,
+        request_iterator: _MaybeAsyncIterator[_raft_pb2.PipelineRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_raft_pb2.PipelineResponse], _abc.AsyncIterator[_raft_pb2.PipelineResponse]]:
+        """The same operations, many in flight on one stream (no per-call cost in the server): each
+        request is handled as its unary call would be, with the same errors, answered by id.
+        """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
