@@ -44,11 +44,12 @@ def etcd_put_request(key: bytes, value: bytes) -> bytes:
 Writer = Callable[[bytes, bytes], Awaitable[object]]
 
 
-async def make_writer(system: str, targets: list[str], client: int) -> tuple[Writer, Callable[[], Awaitable[None]]]:
+async def make_writer(system: str, targets: list[str], client: int,
+                      pipeline: bool = False) -> tuple[Writer, Callable[[], Awaitable[None]]]:
     if system == "faultlab":
         from faultlab.nodes.raft.client import RaftClient
 
-        kv = RaftClient(targets, timeout=10.0)
+        kv = RaftClient(targets, timeout=10.0, pipeline=pipeline)
 
         async def put(k: bytes, v: bytes) -> object:
             return await kv.put(k, v)
@@ -64,7 +65,7 @@ async def make_writer(system: str, targets: list[str], client: int) -> tuple[Wri
 
 
 async def run(system: str, targets: list[str], clients: int, duration: float, warmup: float, value_bytes: int,
-              offset: int, uvloop_used: bool) -> dict[str, object]:
+              offset: int, uvloop_used: bool, pipeline: bool = False) -> dict[str, object]:
     stop_at = time.perf_counter() + warmup + duration
     measure_from = time.perf_counter() + warmup
     lat: list[float] = []
@@ -74,7 +75,7 @@ async def run(system: str, targets: list[str], clients: int, duration: float, wa
 
     async def one(i: int) -> None:
         nonlocal errors, count
-        put, close = await make_writer(system, targets, i)
+        put, close = await make_writer(system, targets, i, pipeline)
         key = f"bench-{offset + i}".encode()
         try:
             while True:
@@ -113,6 +114,7 @@ def main() -> None:
     p.add_argument("--value-bytes", type=int, default=100)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--pipeline", action="store_true", help="faultlab: RaftClient(pipeline=True), KV.Pipeline streams")
     p.add_argument("--out", help="write the JSON here instead of stdout")
     a = p.parse_args()
     uv = False
@@ -122,7 +124,7 @@ def main() -> None:
         uvloop.install()
         uv = True
     out = asyncio.run(run(a.system, a.targets.split(","), a.clients, a.duration, a.warmup, a.value_bytes,
-                          a.offset, uv))
+                          a.offset, uv, a.pipeline))
     if a.out:
         Path(a.out).write_text(json.dumps(out))
     else:

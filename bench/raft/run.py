@@ -7,7 +7,9 @@ p50/p99 per system, the ratios faultlab/PySyncObj and faultlab/etcd, whether eac
 system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
 
 - faultlab: `faultlab-node raft` processes (fsync on), clients are
-  ``RaftClient`` (sessions on) in separate generator processes (``loadgen.py``).
+  ``RaftClient`` (sessions on) in separate generator processes (``loadgen.py``), one unary
+  ``KV.Put`` per write. faultlab-pipeline: the same cluster and generators with
+  ``RaftClient(pipeline=True)``: each client's writes go over a ``KV.Pipeline`` stream.
 - etcd: the binary the k8s tooling builds (``~/.cache/faultlab/k8s/<version>/bin/etcd``;
   absent: said in the output), fsync on (its default); clients use etcd's gRPC
   ``KV.Put`` from the same generator processes, with the request encoded by hand
@@ -18,7 +20,7 @@ system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
 
 ``--profile`` samples faultlab's leader with py-spy during the largest run and
 prints where its time goes. Usage: ``python bench/raft/run.py [--duration 10]
-[--clients 1,16,64] [--systems faultlab,pysyncobj,etcd,grpc-floor] [--profile]``.
+[--clients 1,16,64] [--systems faultlab,faultlab-pipeline,pysyncobj,etcd,grpc-floor] [--profile]``.
 
 - grpc-floor: a no-op grpc.aio Put server driven by the same generators: the
   ceiling the Python gRPC stack itself sets on this machine (no consensus, no disk).
@@ -121,12 +123,16 @@ class FaultlabCluster(Cluster):
     name = "faultlab"
     fsync = True
 
-    def __init__(self, uvloop: bool) -> None:
+    def __init__(self, uvloop: bool, pipeline: bool = False) -> None:
         self.p = Procs()
         self.addrs: dict[str, str] = {}
         self.pids: dict[str, int] = {}
         self.uvloop = uvloop
-        self.note = "uvloop event loop" if uvloop else "default asyncio event loop"
+        # pipeline: the same nodes, driven through RaftClient(pipeline=True) (KV.Pipeline streams).
+        self.pipeline = pipeline
+        self.name = "faultlab-pipeline" if pipeline else "faultlab"
+        self.note = ("uvloop event loop" if uvloop else "default asyncio event loop") + (
+            "; clients on KV.Pipeline streams" if pipeline else "; clients on unary KV.Put")
 
     def start(self, workdir: Path) -> None:
         self.addrs = {f"n{i}": free_address() for i in (1, 2, 3)}
@@ -301,7 +307,7 @@ GENERATOR_FLAGS: list[str] = []
 
 
 def generator_load(system: str, targets: list[str], clients: int, duration: float, warmup: float,
-                   value_bytes: int) -> dict[str, Any]:
+                   value_bytes: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     procs = 1 if clients == 1 else 2
     share = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     running = []
@@ -311,7 +317,7 @@ def generator_load(system: str, targets: list[str], clients: int, duration: floa
         cmd = [sys.executable, str(HERE / "loadgen.py"), "--system", system, "--targets", ",".join(targets),
                "--clients", str(n), "--duration", str(duration), "--warmup", str(warmup),
                "--value-bytes", str(value_bytes), "--offset", str(offset), "--out", str(tmp / f"{i}.json"),
-               *GENERATOR_FLAGS]
+               *GENERATOR_FLAGS, *extra]
         offset += n
         running.append(subprocess.Popen(cmd, cwd=ROOT))
     parts = []
@@ -393,7 +399,7 @@ def run_system(cluster: Cluster, clients_list: list[int], duration: float, warmu
                 r["server_process_cpu_s"] = part["cpu_s"]
             else:
                 profiler = None
-                if do_profile and cluster.name == "faultlab" and clients == max(clients_list):
+                if do_profile and cluster.name.startswith("faultlab") and clients == max(clients_list):
                     pid = cluster.leader_pid()
                     if pid is not None:
                         import threading
@@ -405,13 +411,14 @@ def run_system(cluster: Cluster, clients_list: list[int], duration: float, warmu
                             holder["p"] = profile(pid, min(duration, 8), workdir / "leader-profile.txt")
                         profiler = threading.Thread(target=spy)
                         profiler.start()
-                system = "faultlab" if cluster.name == "grpc-floor" else cluster.name
-                r = generator_load(system, cluster.targets(), clients, duration, warmup, value_bytes)
+                system = "faultlab" if cluster.name in ("grpc-floor", "faultlab-pipeline") else cluster.name
+                extra = ("--pipeline",) if isinstance(cluster, FaultlabCluster) and cluster.pipeline else ()
+                r = generator_load(system, cluster.targets(), clients, duration, warmup, value_bytes, extra)
                 if profiler is not None:
                     profiler.join()
                     prof = holder.get("p")
             results["runs"][str(clients)] = r
-            print(f"  {cluster.name:9s} clients={clients:3d}  {r['throughput']:8.0f} writes/s  "
+            print(f"  {cluster.name:17s} clients={clients:3d}  {r['throughput']:8.0f} writes/s  "
                   f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}"
                   + (f"  generator cpu {r['generator_cpu_s']:.1f}s" if r.get("generator_cpu_s") is not None
                      else f"  (in-process clients; process cpu {r.get('server_process_cpu_s', 0):.1f}s)"),
@@ -444,7 +451,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--value-bytes", type=int, default=100)
-    ap.add_argument("--systems", default="faultlab,pysyncobj,etcd,grpc-floor")
+    ap.add_argument("--systems", default="faultlab,faultlab-pipeline,pysyncobj,etcd,grpc-floor")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--uvloop", choices=("auto", "on", "off"), default="auto",
                     help="run faultlab nodes (and the generators) on uvloop when installed (auto)")
@@ -464,8 +471,8 @@ def main() -> None:
                               "load_average_at_start": os.getloadavg()[0], "uvloop": uv, "systems": {}}
     for name in systems:
         cluster: Cluster
-        if name == "faultlab":
-            cluster = FaultlabCluster(uv)
+        if name in ("faultlab", "faultlab-pipeline"):
+            cluster = FaultlabCluster(uv, pipeline=name == "faultlab-pipeline")
         elif name == "grpc-floor":
             cluster = GrpcFloor(uv)
         elif name == "pysyncobj":
@@ -492,12 +499,13 @@ def main() -> None:
             report["systems"][name] = run_system(cluster, clients_list, a.duration, a.warmup, a.value_bytes,
                                                  Path(tmp), a.profile)
     ratios: dict[str, dict[str, float]] = {}
-    fl = report["systems"].get("faultlab", {}).get("runs", {})
-    for peer in ("pysyncobj", "etcd", "grpc-floor"):
-        runs = report["systems"].get(peer, {}).get("runs", {})
-        for c, r in fl.items():
-            if c in runs and runs[c]["throughput"]:
-                ratios.setdefault(f"faultlab/{peer}", {})[c] = r["throughput"] / runs[c]["throughput"]
+    for ours in ("faultlab", "faultlab-pipeline"):
+        fl = report["systems"].get(ours, {}).get("runs", {})
+        for peer in ("pysyncobj", "etcd", "grpc-floor"):
+            runs = report["systems"].get(peer, {}).get("runs", {})
+            for c, r in fl.items():
+                if c in runs and runs[c]["throughput"]:
+                    ratios.setdefault(f"{ours}/{peer}", {})[c] = r["throughput"] / runs[c]["throughput"]
     report["throughput_ratios"] = ratios
     print("throughput ratios:")
     for name, by_clients in ratios.items():
