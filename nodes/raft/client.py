@@ -26,13 +26,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from faultlab.nodes.raft.pipeline import Pipe
+from faultlab.nodes.raft.pipeline import LEADER_METADATA, Pipe
 from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
-LEADER_METADATA = "faultlab-leader"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
