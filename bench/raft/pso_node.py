@@ -6,8 +6,15 @@ log in memory (its optional mmap journal is never fsynced either), so it does
 not fsync.
 
 Control protocol on stdin/stdout, one line each:
-``status`` -> ``{"leader": bool}``; ``load CLIENTS DURATION WARMUP VALUE_BYTES`` ->
+``status`` -> ``{"leader": bool}``; ``load CLIENTS DURATION WARMUP VALUE_BYTES [MODE]`` ->
 one JSON line with count, latencies and this process's CPU seconds.
+
+Two client shapes (MODE): ``callbacks`` (default): each client is a chain of
+``put(..., callback=...)`` calls, the next issued from the previous one's
+callback on PySyncObj's own thread; no client thread at all, the cheapest a
+client can be. ``threads``: each client is a thread calling ``put(..., sync=True)``
+in a loop, as an application's request handlers would; they share the GIL
+with PySyncObj's thread.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ class KV(SyncObj):  # type: ignore[misc]
         self.data[key] = value
 
 
-def load(kv: KV, clients: int, duration: float, warmup: float, value_bytes: int) -> dict[str, object]:
+def load(kv: KV, clients: int, duration: float, warmup: float, value_bytes: int,
+         mode: str = "callbacks") -> dict[str, object]:
     value = random.Random(0).randbytes(value_bytes)
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + duration
@@ -66,10 +74,34 @@ def load(kv: KV, clients: int, duration: float, warmup: float, value_bytes: int)
             issue(i)
         kv.put(f"bench-{i}".encode(), value, callback=cb)
 
+    def blocking(i: int) -> None:
+        nonlocal errors
+        key = f"bench-{i}".encode()
+        while (t := time.perf_counter()) < stop_at:
+            try:
+                kv.put(key, value, sync=True, timeout=10)
+            except Exception:
+                with lock:
+                    errors += 1
+                continue
+            end = time.perf_counter()
+            if t >= measure_from and end <= stop_at:
+                with lock:
+                    lat.append(end - t)
+
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    for i in range(clients):
-        issue(i)
-    done.wait(duration + warmup + 30)
+    if mode == "threads":
+        threads = [threading.Thread(target=blocking, args=(i,), daemon=True) for i in range(clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(duration + warmup + 30)
+    elif mode == "callbacks":
+        for i in range(clients):
+            issue(i)
+        done.wait(duration + warmup + 30)
+    else:
+        raise SystemExit(f"pso_node: unknown client mode {mode!r} (callbacks or threads)")
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     sample = lat if len(lat) <= 20000 else random.Random(0).sample(lat, 20000)
@@ -90,7 +122,8 @@ def main() -> None:
             print(json.dumps({"leader": kv._isLeader(), "ready": kv.isReady()}), flush=True)
         elif parts[0] == "load":
             clients, duration, warmup, value_bytes = int(parts[1]), float(parts[2]), float(parts[3]), int(parts[4])
-            print(json.dumps(load(kv, clients, duration, warmup, value_bytes)), flush=True)
+            mode = parts[5] if len(parts) > 5 else "callbacks"
+            print(json.dumps(load(kv, clients, duration, warmup, value_bytes, mode)), flush=True)
         elif parts[0] == "quit":
             break
     kv.destroy()

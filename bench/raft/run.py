@@ -17,6 +17,9 @@ system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
 - PySyncObj: three processes (``pso_node.py``), clients inside the leader's
   process (PySyncObj has no client protocol), tuned ``autoTickPeriod=0.001``,
   ``appendEntriesPeriod=0.002``, batching on; it keeps its log in memory (no fsync).
+  ``pysyncobj``: each client is a chain of callbacks (no client threads: the
+  cheapest client there is); ``pysyncobj-threads``: each client is a thread
+  blocking in ``put(sync=True)``, as an application's request threads would be.
 
 ``--profile`` samples faultlab's leader with py-spy during the largest run and
 prints where its time goes. Usage: ``python bench/raft/run.py [--duration 10]
@@ -250,11 +253,16 @@ class EtcdCluster(Cluster):
 class PySyncObjCluster(Cluster):
     name = "pysyncobj"
     fsync = False
-    note = "clients in the leader's process; log in memory"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: bool = False) -> None:
         self.p = Procs()
         self.nodes: list[subprocess.Popen[bytes]] = []
+        # threads: each client a thread blocking in put(sync=True); else a chain of callbacks.
+        self.mode = "threads" if threads else "callbacks"
+        self.name = "pysyncobj-threads" if threads else "pysyncobj"
+        self.note = ("clients in the leader's process, " +
+                     ("one thread each, put(sync=True)" if threads else "callback chains, no client threads") +
+                     "; log in memory")
 
     def start(self, workdir: Path) -> None:
         addrs = [free_address() for _ in range(3)]
@@ -286,7 +294,7 @@ class PySyncObjCluster(Cluster):
         leader = self.leader()
         if leader is None:
             raise RuntimeError("PySyncObj has no leader")
-        return self._ask(leader, f"load {clients} {duration} {warmup} {value_bytes}")
+        return self._ask(leader, f"load {clients} {duration} {warmup} {value_bytes} {self.mode}")
 
     def leader_pid(self) -> int | None:
         leader = self.leader()
@@ -451,7 +459,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--value-bytes", type=int, default=100)
-    ap.add_argument("--systems", default="faultlab,faultlab-pipeline,pysyncobj,etcd,grpc-floor")
+    ap.add_argument("--systems",
+                    default="faultlab,faultlab-pipeline,pysyncobj,pysyncobj-threads,etcd,grpc-floor")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--uvloop", choices=("auto", "on", "off"), default="auto",
                     help="run faultlab nodes (and the generators) on uvloop when installed (auto)")
@@ -475,14 +484,14 @@ def main() -> None:
             cluster = FaultlabCluster(uv, pipeline=name == "faultlab-pipeline")
         elif name == "grpc-floor":
             cluster = GrpcFloor(uv)
-        elif name == "pysyncobj":
+        elif name in ("pysyncobj", "pysyncobj-threads"):
             try:
                 import pysyncobj  # type: ignore[import-not-found]  # noqa: F401
             except ImportError:
-                print("  pysyncobj: not installed (pip install 'faultlab[bench]'); skipped")
-                report["systems"]["pysyncobj"] = {"skipped": "pysyncobj not installed"}
+                print(f"  {name}: not installed (pip install 'faultlab[bench]'); skipped")
+                report["systems"][name] = {"skipped": "pysyncobj not installed"}
                 continue
-            cluster = PySyncObjCluster()
+            cluster = PySyncObjCluster(threads=name == "pysyncobj-threads")
         elif name == "etcd":
             binary = find_etcd()
             if binary is None:
@@ -501,7 +510,7 @@ def main() -> None:
     ratios: dict[str, dict[str, float]] = {}
     for ours in ("faultlab", "faultlab-pipeline"):
         fl = report["systems"].get(ours, {}).get("runs", {})
-        for peer in ("pysyncobj", "etcd", "grpc-floor"):
+        for peer in ("pysyncobj", "pysyncobj-threads", "etcd", "grpc-floor"):
             runs = report["systems"].get(peer, {}).get("runs", {})
             for c, r in fl.items():
                 if c in runs and runs[c]["throughput"]:

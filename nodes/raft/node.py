@@ -189,6 +189,7 @@ class RaftNode:
         self._state_waiters: list[asyncio.Future[None]] = []
         self._deliveries: list[tuple[asyncio.Future[Any], Any]] = []
         self._wake = asyncio.Event()
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
@@ -568,6 +569,13 @@ class RaftNode:
 
     async def propose(self, data: bytes, timeout: float | None = None) -> tuple[Any, int]:
         """Replicates ``data`` and returns (state machine result, log index) once applied."""
+        return await self.propose_future(data, timeout)
+
+    def propose_future(self, data: bytes, timeout: float | None = None) -> asyncio.Future[tuple[Any, int]]:
+        """Proposes ``data`` now; the future resolves like :meth:`propose` (raises at once if not proposed).
+
+        For callers that answer from a callback (KV.Pipeline) instead of awaiting in a task.
+        """
         core = self.core
         assert core is not None
         if self.disk_error:
@@ -578,19 +586,24 @@ class RaftNode:
             raise self._not_leader(exc.leader_id) from None
         except ProposalDropped as exc:
             raise Unavailable(str(exc)) from None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._running_loop().create_future()
         self._waiters[index] = (term, fut)
         self._wake.set()
-        return await self._await(fut, timeout, f"entry {index}")
+        self._expire_after(fut, timeout, f"entry {index}")
+        return fut
 
-    async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._event_loop
+        if loop is None:
+            loop = self._event_loop = asyncio.get_running_loop()
+        return loop
+
+    def _expire_after(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> None:
+        """Fails ``fut`` with DEADLINE_EXCEEDED after ``timeout`` unless it is resolved first."""
         if timeout is None:
-            return await fut
-        timer = asyncio.get_running_loop().call_later(timeout, self._expire, fut, what)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+            return
+        timer = self._running_loop().call_later(timeout, self._expire, fut, what)
+        fut.add_done_callback(lambda _f: timer.cancel())
 
     def _expire(self, fut: asyncio.Future[Any], what: str) -> None:
         if not fut.done():
@@ -598,16 +611,22 @@ class RaftNode:
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Linearizable read point: returns once applied >= a confirmed ReadIndex."""
+        return await self.read_barrier_future(timeout)
+
+    def read_barrier_future(self, timeout: float | None = None) -> asyncio.Future[int]:
+        """:meth:`read_barrier` as a future (raises at once when this member does not lead)."""
         core = self.core
         assert core is not None
+        fut: asyncio.Future[int] = self._running_loop().create_future()
         if self.opts.unsafe_local_reads and core.role == Role.LEADER:
-            return self.applied
+            fut.set_result(self.applied)
+            return fut
         if core.role != Role.LEADER:
             raise self._not_leader()
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads_new.append(fut)
         self._wake.set()
-        return await self._await(fut, timeout, "read index")
+        self._expire_after(fut, timeout, "read index")
+        return fut
 
     def _issue_reads(self) -> None:
         if not self._reads_new:
@@ -660,10 +679,11 @@ class RaftNode:
             index, term = core.propose_conf_change(cc)
         except (NotLeader, ProposalDropped, ValueError) as exc:
             raise self._conf_error(exc) from None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._running_loop().create_future()
         self._waiters[index] = (term, fut)
         self._wake.set()
-        await self._await(fut, timeout, f"membership change {cc.type.name} {cc.node_id}")
+        self._expire_after(fut, timeout, f"membership change {cc.type.name} {cc.node_id}")
+        await fut
         if cc.type == ConfChangeType.ADD_LEARNER and cc.address:
             self.addresses[cc.node_id] = cc.address
         return index

@@ -33,6 +33,12 @@ def rpc_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
 
 
+def _expire(fut: asyncio.Future[pb.PipelineResponse], timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no answer on the pipeline within {timeout:.2f}s; outcome unknown"))
+
+
 class Pipe:
     """One ``KV.Pipeline`` stream on ``channel``, opened on first use and again after it breaks."""
 
@@ -50,15 +56,17 @@ class Pipe:
             self._open()
         assert self._outbox is not None
         rid = next(self._ids)
-        fut: asyncio.Future[pb.PipelineResponse] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[pb.PipelineResponse] = loop.create_future()
         self._pending[rid] = fut
         self._outbox.put_nowait(pb.PipelineRequest(id=rid, **{op: request}))
+        # A timer on the future, not asyncio.wait_for: wait_for costs a waiter future and
+        # callbacks per call, several times what the operation itself costs this client.
+        timer = loop.call_later(timeout, _expire, fut, timeout)
         try:
-            answer = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"no answer on the pipeline within {timeout:.2f}s; outcome unknown") from None
+            answer = await fut
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
         if answer.WhichOneof("result") == "error":
             e = answer.error

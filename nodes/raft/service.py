@@ -9,8 +9,11 @@ leader is known); an outcome the member cannot vouch for is UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import importlib.metadata
-from collections.abc import AsyncIterator, Awaitable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -42,6 +45,7 @@ from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+log = logging.getLogger("faultlab.raft.service")
 
 DEFAULT_TIMEOUT = 10.0
 # Operations of one Pipeline stream being handled at once; the stream's reader waits beyond that.
@@ -104,57 +108,73 @@ class KVService(pb_grpc.KVServicer):
         if len(value) > self.max_value:
             raise InvalidArgument(f"{field}: {len(value)} bytes exceeds --max-value-bytes={self.max_value}")
 
-    async def _propose(self, data: bytes, timeout: float) -> tuple[Any, int]:
-        result, index = await self.node.propose(data, timeout)
+    # The operations, shared by the unary calls and Pipeline. Each is split in two: a
+    # synchronous start that validates and proposes (or registers the read) and returns a
+    # future, and a finish that turns the outcome into the response. Errors are RaftNodeErrors,
+    # raised by the start or set on the future. Unary calls await the future in their handler;
+    # Pipeline answers from the future's callback, with no task per operation.
+
+    def _outcome(self, done: tuple[Any, int]) -> tuple[Any, int]:
+        result, index = done
         if isinstance(result, CommandError):
             if result.code == "stale":
                 raise InvalidArgument(f"session.sequence: {result.message}")
             raise Unavailable(result.message)
         return result, index
 
-    # The operations, shared by the unary calls and Pipeline; errors are RaftNodeErrors.
-
-    async def _put(self, request: pb.PutRequest, timeout: float) -> pb.PutResponse:
+    def _start_put(self, request: pb.PutRequest, timeout: float) -> asyncio.Future[Any]:
         self._check_key(request.key)
         self._check_value(request.value)
         cid, seq = _session(request.session)
-        result, index = await self._propose(encode_put(request.key, request.value, cid, seq), timeout)
+        return self.node.propose_future(encode_put(request.key, request.value, cid, seq), timeout)
+
+    def _finish_put(self, request: pb.PutRequest, done: Any) -> pb.PutResponse:
+        result, index = self._outcome(done)
         assert isinstance(result, PutResult)
         return pb.PutResponse(header=self._header(index), prev_found=result.prev_found, prev_value=result.prev_value)
 
-    async def _delete(self, request: pb.DeleteRequest, timeout: float) -> pb.DeleteResponse:
+    def _start_delete(self, request: pb.DeleteRequest, timeout: float) -> asyncio.Future[Any]:
         self._check_key(request.key)
         cid, seq = _session(request.session)
-        result, index = await self._propose(Command(OP_DELETE, request.key, b"", cid, seq).encode(), timeout)
+        return self.node.propose_future(Command(OP_DELETE, request.key, b"", cid, seq).encode(), timeout)
+
+    def _finish_delete(self, request: pb.DeleteRequest, done: Any) -> pb.DeleteResponse:
+        result, index = self._outcome(done)
         assert isinstance(result, DeleteResult)
         return pb.DeleteResponse(header=self._header(index), deleted=result.deleted)
 
-    async def _cas(self, request: pb.CompareAndSwapRequest, timeout: float) -> pb.CompareAndSwapResponse:
+    def _start_cas(self, request: pb.CompareAndSwapRequest, timeout: float) -> asyncio.Future[Any]:
         self._check_key(request.key)
         self._check_value(request.value)
         self._check_value(request.expected, "expected")
         cid, seq = _session(request.session)
         cmd = Command(OP_CAS, request.key, request.value, cid, seq, request.expect_found, request.expected)
-        result, index = await self._propose(cmd.encode(), timeout)
+        return self.node.propose_future(cmd.encode(), timeout)
+
+    def _finish_cas(self, request: pb.CompareAndSwapRequest, done: Any) -> pb.CompareAndSwapResponse:
+        result, index = self._outcome(done)
         assert isinstance(result, CasResult)
         return pb.CompareAndSwapResponse(header=self._header(index), succeeded=result.succeeded,
                                          found=result.found, current=result.current)
 
-    async def _read_point(self, consistency: int, timeout: float) -> int:
+    def _start_read(self, consistency: int, timeout: float) -> asyncio.Future[int]:
         if consistency == pb.READ_CONSISTENCY_SERIALIZABLE:
-            return self.node.applied
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            fut.set_result(self.node.applied)
+            return fut
         if consistency != pb.READ_CONSISTENCY_LINEARIZABLE:
             raise InvalidArgument(f"consistency: unknown value {consistency}")
-        return await self.node.read_barrier(timeout)
+        return self.node.read_barrier_future(timeout)
 
-    async def _get(self, request: pb.GetRequest, timeout: float) -> pb.GetResponse:
+    def _start_get(self, request: pb.GetRequest, timeout: float) -> asyncio.Future[int]:
         self._check_key(request.key)
-        index = await self._read_point(request.consistency, timeout)
+        return self._start_read(request.consistency, timeout)
+
+    def _finish_get(self, request: pb.GetRequest, index: int) -> pb.GetResponse:
         value = self.sm.get(request.key)
         return pb.GetResponse(header=self._header(index), found=value is not None, value=value or b"")
 
-    async def _range(self, request: pb.RangeRequest, timeout: float) -> pb.RangeResponse:
-        index = await self._read_point(request.consistency, timeout)
+    def _finish_range(self, request: pb.RangeRequest, index: int) -> pb.RangeResponse:
         items, more = self.sm.range(request.prefix, request.limit)
         return pb.RangeResponse(header=self._header(index), more=more,
                                 items=[pb.KeyValue(key=k, value=v) for k, v in items])
@@ -162,76 +182,131 @@ class KVService(pb_grpc.KVServicer):
     # Unary calls.
 
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
-        return await _call(context, self._put(request, _timeout(context)))
+        return await _call(context, self._unary(self._start_put, self._finish_put, request, context))
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        return await _call(context, self._delete(request, _timeout(context)))
+        return await _call(context, self._unary(self._start_delete, self._finish_delete, request, context))
 
     async def CompareAndSwap(self, request: pb.CompareAndSwapRequest,
                              context: grpc.aio.ServicerContext) -> pb.CompareAndSwapResponse:
-        return await _call(context, self._cas(request, _timeout(context)))
+        return await _call(context, self._unary(self._start_cas, self._finish_cas, request, context))
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        return await _call(context, self._get(request, _timeout(context)))
+        return await _call(context, self._unary(self._start_get, self._finish_get, request, context))
 
     async def Range(self, request: pb.RangeRequest, context: grpc.aio.ServicerContext) -> pb.RangeResponse:
-        return await _call(context, self._range(request, _timeout(context)))
+        def start(r: pb.RangeRequest, timeout: float) -> asyncio.Future[int]:
+            return self._start_read(r.consistency, timeout)
+        return await _call(context, self._unary(start, self._finish_range, request, context))
+
+    async def _unary(self, start: Callable[[Any, float], asyncio.Future[Any]], finish: Callable[[Any, Any], T],
+                     request: Any, context: grpc.aio.ServicerContext) -> T:
+        return finish(request, await start(request, _timeout(context)))
 
     # Pipeline: many operations in flight on one stream, answered by id in any order.
 
-    async def _pipelined(self, request: pb.PipelineRequest, timeout: float) -> pb.PipelineResponse:
-        op = request.WhichOneof("op")
-        try:
-            if op == "put":
-                return pb.PipelineResponse(id=request.id, put=await self._put(request.put, timeout))
-            if op == "get":
-                return pb.PipelineResponse(id=request.id, get=await self._get(request.get, timeout))
-            if op == "delete":
-                return pb.PipelineResponse(id=request.id, delete=await self._delete(request.delete, timeout))
-            if op == "compare_and_swap":
-                return pb.PipelineResponse(id=request.id,
-                                           compare_and_swap=await self._cas(request.compare_and_swap, timeout))
-            raise InvalidArgument("op: set one of put, get, delete, compare_and_swap")
-        except NotLeaderError as exc:
-            error = pb.PipelineError(code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=str(exc),
-                                     leader=f"{exc.leader_id}={exc.leader_address}")
-        except RaftNodeError as exc:
-            code = _CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
-            error = pb.PipelineError(code=code.value[0], message=str(exc))
-        return pb.PipelineResponse(id=request.id, error=error)
+    def _pipeline_ops(self) -> dict[str, tuple[Callable[[Any, float], asyncio.Future[Any]],
+                                                Callable[[Any, Any], Any]]]:
+        return {"put": (self._start_put, self._finish_put), "get": (self._start_get, self._finish_get),
+                "delete": (self._start_delete, self._finish_delete),
+                "compare_and_swap": (self._start_cas, self._finish_cas)}
 
     async def Pipeline(self, request_iterator: AsyncIterator[pb.PipelineRequest],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PipelineResponse]:
-        answers: asyncio.Queue[pb.PipelineResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(PIPELINE_WINDOW)
-        running: set[asyncio.Task[None]] = set()
+        """Starts each operation as it arrives and writes each answer when its future resolves.
 
-        async def handle(request: pb.PipelineRequest) -> None:
-            try:
-                answers.put_nowait(await self._pipelined(request, _timeout(context)))
-            finally:
-                window.release()
+        At most PIPELINE_WINDOW operations of one stream are in flight; beyond that the
+        stream's reader waits, which pushes back on the client through gRPC flow control.
+        """
+        loop = asyncio.get_running_loop()
+        ops = self._pipeline_ops()
+        unbounded = context.time_remaining() is None
+        answers: collections.deque[pb.PipelineResponse] = collections.deque()
+        wake: asyncio.Future[None] | None = None
+        room: asyncio.Future[None] | None = None
+        in_flight = 0
+        reading = True
+
+        def post(answer: pb.PipelineResponse) -> None:
+            nonlocal wake
+            answers.append(answer)
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        def error(rid: int, exc: BaseException) -> pb.PipelineResponse:
+            if isinstance(exc, NotLeaderError):
+                err = pb.PipelineError(code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=str(exc),
+                                       leader=f"{exc.leader_id}={exc.leader_address}")
+            elif isinstance(exc, RaftNodeError):
+                err = pb.PipelineError(code=_CODES.get(exc.code, grpc.StatusCode.UNKNOWN).value[0], message=str(exc))
+            else:
+                err = pb.PipelineError(code=grpc.StatusCode.UNKNOWN.value[0], message=f"internal error: {exc!r}")
+            return pb.PipelineResponse(id=rid, error=err)
+
+        def answered(rid: int, op: str, request: Any, finish: Callable[[Any, Any], Any],
+                     fut: asyncio.Future[Any]) -> None:
+            nonlocal in_flight, room
+            in_flight -= 1
+            if room is not None and not room.done():
+                room.set_result(None)
+            if fut.cancelled():
+                post(error(rid, Unavailable("the operation was cancelled; outcome unknown")))
+                return
+            exc = fut.exception()
+            if exc is None:
+                try:
+                    post(pb.PipelineResponse(id=rid, **{op: finish(request, fut.result())}))
+                    return
+                except RaftNodeError as finish_exc:
+                    exc = finish_exc
+            post(error(rid, exc))
 
         async def read() -> None:
+            nonlocal in_flight, room, reading
             try:
                 async for request in request_iterator:
-                    await window.acquire()
-                    task = asyncio.ensure_future(handle(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.gather(*running, return_exceptions=True)
+                    while in_flight >= PIPELINE_WINDOW:
+                        room = loop.create_future()
+                        await room
+                    op = request.WhichOneof("op")
+                    rid = request.id
+                    if op not in ops:
+                        post(error(rid, InvalidArgument("op: set one of put, get, delete, compare_and_swap")))
+                        continue
+                    start, finish = ops[op]
+                    body = getattr(request, op)
+                    try:
+                        fut = start(body, DEFAULT_TIMEOUT if unbounded else _timeout(context))
+                    except RaftNodeError as exc:
+                        post(error(rid, exc))
+                        continue
+                    in_flight += 1
+                    fut.add_done_callback(functools.partial(answered, rid, op, body, finish))
+                while in_flight:
+                    room = loop.create_future()
+                    await room
+            except grpc.RpcError as exc:
+                log.debug("pipeline stream ended: %s", exc)
             finally:
-                answers.put_nowait(None)
+                reading = False
+                post_end()
 
-        reader = asyncio.ensure_future(read())
+        def post_end() -> None:
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        reader = loop.create_task(read())
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
+            while True:
+                while answers:
+                    yield answers.popleft()
+                if not reading:
+                    break
+                wake = loop.create_future()
+                await wake
+                wake = None
         finally:
             reader.cancel()
-            for task in list(running):
-                task.cancel()
 
 
 class ClusterService(pb_grpc.ClusterServicer):
