@@ -197,6 +197,15 @@ async def _iterate_behavior(behavior: Callable[..., Any], request: Any, context:
             yield item
 
 
+async def _aiter(iterator: Any) -> AsyncIterator[Any]:
+    if hasattr(iterator, "__aiter__"):
+        async for message in iterator:
+            yield message
+    else:
+        for message in iterator:
+            yield message
+
+
 async def _meter(iterator: Any, plan: Plan) -> AsyncIterator[Any]:
     if hasattr(iterator, "__aiter__"):
         async for message in iterator:
@@ -217,7 +226,12 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or not self._faults.active or exempt(method):
+        if handler is None or exempt(method):
+            return handler
+        # A stream of requests (KV.Pipeline) may open before a fault starts and outlive it:
+        # it is always wrapped, and faults are applied to each message as it arrives.
+        streaming = bool(handler.stream_unary or handler.stream_stream)
+        if not self._faults.active and not streaming:
             return handler
         peer: str | None = None
         for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
@@ -253,14 +267,73 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+        async def opened(context: grpc.aio.ServicerContext) -> Plan | None:
+            """At a stream's start only a drop or an error applies (it refuses the stream)."""
+            plan = faults.plan(inbound=True, peer=peer, method=method)
+            if plan is not None and plan.drop:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, plan.drop)
+            if plan is not None and plan.error:
+                await context.abort(*plan.error)
+            return plan
+
+        async def each(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            """The stream's messages under the faults active when each arrives.
+
+            A dropped or failed message ends the stream with UNAVAILABLE or the injected code, taking
+            what is in flight on it down, as a broken connection would. A delayed or throttled message
+            is handed on at its arrival plus the delay, in order; once one is held back, the rest are
+            read ahead so each keeps its own arrival time (latency adds to each message, not up).
+            """
+            loop = asyncio.get_running_loop()
+            source = _aiter(requests)
+            ahead: asyncio.Queue[tuple[float, Any] | None] | None = None
+            reader: asyncio.Task[None] | None = None
+            last_due = 0.0
+
+            async def read_ahead(queue: asyncio.Queue[tuple[float, Any] | None]) -> None:
+                try:
+                    async for m in source:
+                        queue.put_nowait((loop.time(), m))
+                finally:
+                    queue.put_nowait(None)
+
+            try:
+                while True:
+                    if ahead is None:
+                        try:
+                            message = await source.__anext__()
+                        except StopAsyncIteration:
+                            return
+                        arrived = loop.time()
+                    else:
+                        item = await ahead.get()
+                        if item is None:
+                            return
+                        arrived, message = item
+                    plan = faults.plan(inbound=True, peer=peer, method=method) if faults.active else None
+                    if plan is not None:
+                        if plan.drop:
+                            await context.abort(grpc.StatusCode.UNAVAILABLE, plan.drop)
+                        if plan.error:
+                            await context.abort(*plan.error)
+                        due = max(arrived + plan.delay + plan.throttle(message_size(message)), last_due)
+                        last_due = due
+                        if due > loop.time():
+                            if ahead is None:
+                                ahead = asyncio.Queue()
+                                reader = loop.create_task(read_ahead(ahead))
+                            await asyncio.sleep(due - loop.time())
+                    yield message
+            finally:
+                if reader is not None:
+                    reader.cancel()
+
         if handler.stream_unary:
             behavior = handler.stream_unary
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                plan = await before(context, 0)
-                if plan and plan.buckets:
-                    requests = _meter(requests, plan)
-                response = await _call_behavior(behavior, requests, context)
+                plan = await opened(context)
+                response = await _call_behavior(behavior, each(requests, context), context)
                 if plan and plan.slow:
                     await asyncio.sleep(plan.slow)
                 return response
@@ -280,10 +353,8 @@ class InboundInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.stream_stream
 
         async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            plan = await before(context, 0)
-            if plan and plan.buckets:
-                requests = _meter(requests, plan)
-            async for item in _iterate_behavior(behavior, requests, context):
+            await opened(context)
+            async for item in _iterate_behavior(behavior, each(requests, context), context):
                 yield item
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)

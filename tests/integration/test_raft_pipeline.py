@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
 
+from faultlab.nodes.agent.client import AgentClient, fault_from_spec
 from faultlab.nodes.raft.client import InvalidArgument, RaftClient, RaftError
 from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
@@ -18,6 +19,7 @@ from tests.integration.cluster import LocalRaftCluster
 pytestmark = pytest.mark.timeout(120)
 
 MakeCluster = Callable[..., LocalRaftCluster]
+AGENT_TOKEN = "pipeline-test-token"
 
 
 async def test_pipelined_operations_answer_like_unary_calls(raft_cluster: MakeCluster) -> None:
@@ -89,3 +91,60 @@ async def test_no_acknowledged_pipelined_write_is_lost_when_the_leader_dies(raft
         got = await asyncio.gather(*(kv.get(k) for k in acked))
     lost = [k for k, v in zip(acked, got, strict=True) if v != acked[k].encode()]
     assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+
+
+class _Stream:
+    """A raw KV.Pipeline stream the test writes to one request at a time."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.outbox: asyncio.Queue[pb.PipelineRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[pb.PipelineRequest]:
+            while (r := await self.outbox.get()) is not None:
+                yield r
+        self.call = pb_grpc.KVStub(channel).Pipeline(requests(), timeout=30)
+        self.ids = 0
+
+    def put(self, key: str) -> None:
+        self.ids += 1
+        self.outbox.put_nowait(pb.PipelineRequest(id=self.ids, put=pb.PutRequest(key=key.encode(), value=b"v")))
+
+    async def answer(self) -> pb.PipelineResponse:
+        return await asyncio.wait_for(self.call.read(), 10)
+
+
+async def test_faults_reach_a_pipeline_opened_before_them(raft_cluster: MakeCluster) -> None:
+    """A stream that opened while the network was healthy gets each fault on its next message:
+    a partition ends it (UNAVAILABLE), a delay holds each message back by the latency, not by
+    the latency times the messages queued before it."""
+    c = raft_cluster(3, env={"FAULTLAB_AGENT_TOKEN": AGENT_TOKEN})
+    leader = await c.wait_leader()
+    address = c.members[leader].address
+    match = {"direction": "inbound", "includeClients": True, "methods": ["/faultlab.raft.v1.KV/"]}
+    async with grpc.aio.insecure_channel(address) as ch, AgentClient(address, AGENT_TOKEN) as agent:
+        s = _Stream(ch)
+        s.put("before")
+        assert (await s.answer()).WhichOneof("result") == "put"
+        await agent.inject(fault_from_spec("partition", {}, id="cut", ttl_seconds=60, match=match))
+        s.put("during")
+        with pytest.raises(grpc.aio.AioRpcError) as broken:
+            await s.answer()
+        assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "dropped by fault 'cut'" in (broken.value.details() or "")
+        await agent.recover("cut")
+
+        s = _Stream(ch)
+        s.put("warm")
+        assert (await s.answer()).WhichOneof("result") == "put"
+        await agent.inject(fault_from_spec("delay", {"latency": "300ms"}, id="slow", ttl_seconds=60, match=match))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(10):
+            s.put(f"slow-{i}")
+        answers = [await s.answer() for _ in range(10)]
+        elapsed = loop.time() - start
+        await agent.recover("slow")
+        assert all(a.WhichOneof("result") == "put" for a in answers), answers
+        assert elapsed >= 0.3, f"the delay did not apply to the open stream ({elapsed:.2f}s)"
+        assert elapsed < 2.0, f"the delay added up per queued message ({elapsed:.2f}s for 10 x 300 ms)"
+        s.outbox.put_nowait(None)
