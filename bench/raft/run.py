@@ -41,6 +41,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -445,6 +446,32 @@ def run_system(cluster: Cluster, clients_list: list[int], duration: float, warmu
     return results
 
 
+def make_cluster(name: str, uv: bool, systems_out: dict[str, Any]) -> Cluster | None:
+    """The cluster for a system name; None (said, and noted in ``systems_out``) when it cannot run."""
+    if name in ("faultlab", "faultlab-pipeline"):
+        return FaultlabCluster(uv, pipeline=name == "faultlab-pipeline")
+    if name == "grpc-floor":
+        return GrpcFloor(uv)
+    if name in ("pysyncobj", "pysyncobj-threads"):
+        try:
+            import pysyncobj  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            print(f"  {name}: not installed (pip install 'faultlab[bench]'); skipped")
+            systems_out[name] = {"skipped": "pysyncobj not installed"}
+            return None
+        return PySyncObjCluster(threads=name == "pysyncobj-threads")
+    if name == "etcd":
+        binary = find_etcd()
+        if binary is None:
+            msg = ("etcd binary not found (~/.cache/faultlab/k8s/<version>/bin/etcd, built by "
+                   "tools/k8s/build.sh); etcd skipped")
+            print(f"  etcd: {msg}")
+            systems_out["etcd"] = {"skipped": msg}
+            return None
+        return EtcdCluster(binary)
+    raise SystemExit(f"unknown system {name!r}")
+
+
 def _has_uvloop() -> bool:
     try:
         import uvloop  # type: ignore[import-not-found]  # noqa: F401
@@ -464,6 +491,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--uvloop", choices=("auto", "on", "off"), default="auto",
                     help="run faultlab nodes (and the generators) on uvloop when installed (auto)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every system this many times, interleaved, and report medians: on a shared "
+                         "2-core machine one run of a system varies by 20%% or more")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
     clients_list = [int(x) for x in a.clients.split(",")]
@@ -478,47 +508,53 @@ def main() -> None:
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "duration_s": a.duration,
                               "value_bytes": a.value_bytes, "cpus": os.cpu_count(),
                               "load_average_at_start": os.getloadavg()[0], "uvloop": uv, "systems": {}}
-    for name in systems:
-        cluster: Cluster
-        if name in ("faultlab", "faultlab-pipeline"):
-            cluster = FaultlabCluster(uv, pipeline=name == "faultlab-pipeline")
-        elif name == "grpc-floor":
-            cluster = GrpcFloor(uv)
-        elif name in ("pysyncobj", "pysyncobj-threads"):
-            try:
-                import pysyncobj  # type: ignore[import-not-found]  # noqa: F401
-            except ImportError:
-                print(f"  {name}: not installed (pip install 'faultlab[bench]'); skipped")
-                report["systems"][name] = {"skipped": "pysyncobj not installed"}
+    per_round: list[dict[str, Any]] = []
+    for rnd in range(a.rounds):
+        if a.rounds > 1:
+            print(f"round {rnd + 1} of {a.rounds}", flush=True)
+        systems_out: dict[str, Any] = {}
+        for name in systems:
+            cluster = make_cluster(name, uv, systems_out)
+            if cluster is None:
                 continue
-            cluster = PySyncObjCluster(threads=name == "pysyncobj-threads")
-        elif name == "etcd":
-            binary = find_etcd()
-            if binary is None:
-                msg = ("etcd binary not found (~/.cache/faultlab/k8s/<version>/bin/etcd, built by "
-                       "tools/k8s/build.sh); etcd skipped")
-                print(f"  etcd: {msg}")
-                report["systems"]["etcd"] = {"skipped": msg}
-                continue
-            cluster = EtcdCluster(binary)
-        else:
-            raise SystemExit(f"unknown system {name!r}")
-        print(f"{name} (fsync: {'yes' if cluster.fsync else 'no'}{'; ' + cluster.note if cluster.note else ''})")
-        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-            report["systems"][name] = run_system(cluster, clients_list, a.duration, a.warmup, a.value_bytes,
-                                                 Path(tmp), a.profile)
+            print(f"{name} (fsync: {'yes' if cluster.fsync else 'no'}{'; ' + cluster.note if cluster.note else ''})")
+            with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+                systems_out[name] = run_system(cluster, clients_list, a.duration, a.warmup, a.value_bytes,
+                                               Path(tmp), a.profile and rnd == 0)
+        per_round.append(systems_out)
+    report["systems"] = per_round[0] if a.rounds == 1 else per_round[-1]
+    if a.rounds > 1:
+        report["rounds"] = per_round
     ratios: dict[str, dict[str, float]] = {}
+    ratio_rounds: dict[str, dict[str, list[float]]] = {}
     for ours in ("faultlab", "faultlab-pipeline"):
-        fl = report["systems"].get(ours, {}).get("runs", {})
         for peer in ("pysyncobj", "pysyncobj-threads", "etcd", "grpc-floor"):
-            runs = report["systems"].get(peer, {}).get("runs", {})
-            for c, r in fl.items():
-                if c in runs and runs[c]["throughput"]:
-                    ratios.setdefault(f"{ours}/{peer}", {})[c] = r["throughput"] / runs[c]["throughput"]
+            for c in map(str, clients_list):
+                # One ratio per round (both systems measured in that round), then the median.
+                vals = [r[ours]["runs"][c]["throughput"] / r[peer]["runs"][c]["throughput"]
+                        for r in per_round
+                        if c in r.get(ours, {}).get("runs", {}) and c in r.get(peer, {}).get("runs", {})
+                        and r[peer]["runs"][c]["throughput"]]
+                if vals:
+                    ratios.setdefault(f"{ours}/{peer}", {})[c] = statistics.median(vals)
+                    ratio_rounds.setdefault(f"{ours}/{peer}", {})[c] = vals
     report["throughput_ratios"] = ratios
-    print("throughput ratios:")
+    if a.rounds > 1:
+        report["throughput_ratios_per_round"] = ratio_rounds
+    if a.rounds > 1:
+        print(f"median throughput over {a.rounds} rounds:")
+        for name in systems:
+            runs = [r[name]["runs"] for r in per_round if "runs" in r.get(name, {})]
+            if runs:
+                print(f"  {name:17s} " + ", ".join(
+                    f"{c} clients {statistics.median(x[str(c)]['throughput'] for x in runs):,.0f}/s"
+                    for c in clients_list))
+    print("throughput ratios" + (f" (median of {a.rounds} rounds)" if a.rounds > 1 else "") + ":")
     for name, by_clients in ratios.items():
         print(f"  {name}: " + ", ".join(f"{c} clients {v:.2f}" for c, v in by_clients.items()))
+        if a.rounds > 1:
+            print("    per round: " + "; ".join(f"{c} clients " + ", ".join(f"{v:.2f}" for v in vals)
+                                             for c, vals in ratio_rounds[name].items()))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"raft-{time.strftime('%Y%m%d-%H%M%S')}.json"
