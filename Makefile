@@ -74,9 +74,9 @@ protos-check: $(STAMP) ## fail if generated protos are stale
 
 bench: bench-raft ## every benchmark
 
-bench-raft: $(STAMP) ## faultlab Raft vs PySyncObj vs etcd, side by side
+bench-raft: $(STAMP) ## faultlab Raft vs PySyncObj vs etcd, side by side (3 interleaved rounds, about 10 min)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) bench/raft/run.py
+	$(PY) bench/raft/run.py --rounds 3 --duration 5 --warmup 1 --clients 1,16,64
 
 clean: ## remove local state (.faultlab) and build output
 	rm -rf .faultlab build dist *.egg-info
