@@ -52,6 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 _host = [20]
 
@@ -560,6 +561,10 @@ def main() -> None:
     path = out / f"raft-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
+    from plot import svg  # bench/raft/plot.py
+
+    path.with_suffix(".svg").write_text(svg(report))
+    print(f"wrote {path.with_suffix('.svg')} (throughput by system and client count, p50 on each bar)")
 
 
 if __name__ == "__main__":
