@@ -26,6 +26,9 @@ from faultlab.nodes.agent.resources import heal_leftover_corruption, remove_stal
 from faultlab.nodes.agent.service import Agent
 from faultlab.nodes.common.node import NodeContext
 
+# What a member's replies to a peer stand for: a Peer.Send of its own to that peer.
+PEER_SEND = "/faultlab.raft.v1.Peer/Send"
+
 __all__ = ["Agent", "AgentClient", "attach_agent", "fault_from_spec"]
 
 log = logging.getLogger("faultlab.agent")
@@ -50,4 +53,7 @@ def attach_agent(ctx: NodeContext) -> Agent | None:
     agent = Agent(ctx)
     ctx.server_interceptors.append(agent.network.server_interceptor())
     ctx.client_interceptor_factories.append(agent.client_interceptors)
+    network = agent.network
+    ctx.outbound_faulted = lambda peer_id: network.shapes(inbound=False, peer=peer_id, method=PEER_SEND)
+    ctx.inbound_faulted = lambda peer_id: network.shapes(inbound=True, peer=peer_id, method=PEER_SEND)
     return agent

@@ -120,6 +120,11 @@ class NetworkFaults:
     def remove(self, fault_id: str) -> None:
         self._rules.pop(fault_id, None)
 
+    def shapes(self, *, inbound: bool, peer: str | None, method: str) -> bool:
+        """Whether any active rule matches this traffic (no random draw, unlike :meth:`plan`)."""
+        return bool(self._rules) and any(matches(r.fault.match, inbound=inbound, peer=peer, method=method)
+                                         for r in list(self._rules.values()))
+
     def plan(self, *, inbound: bool, peer: str | None, method: str) -> Plan | None:
         if not self._rules or exempt(method):
             return None

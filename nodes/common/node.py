@@ -68,6 +68,12 @@ class NodeContext:
     )
     # Hooks the fault agent uses: called with no arguments on crash/disk faults etc.
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # Set by the fault agent: whether network faults apply to what this member sends to a peer
+    # (by peer id). A reply that would ride back on the peer's own call must then travel as a
+    # call of this member's, through the outbound interceptors, or the faults would miss it.
+    outbound_faulted: Callable[[str], bool] = field(default=lambda peer_id: False)
+    # ... and to what it receives from a peer: its replies must come as the peer's own calls.
+    inbound_faulted: Callable[[str], bool] = field(default=lambda peer_id: False)
     started_at: float = field(default_factory=time.time)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     server: grpc.aio.Server | None = None

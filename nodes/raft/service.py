@@ -395,9 +395,10 @@ class PeerService(pb_grpc.PeerServicer):
         node = self.node
         assert node.transport is not None
         transport = node.transport
-        transport.learn_address(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        transport.learn_address(metadata)
         messages = [message_from_proto(m) for m in request.messages]
-        peer = transport.wants_reply(messages)
+        peer = transport.wants_reply(messages, metadata)
         node.step(messages)
         if peer:
             reply = await transport.hold(peer)

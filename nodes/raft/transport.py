@@ -49,6 +49,8 @@ log = logging.getLogger("faultlab.raft.transport")
 
 FROM_METADATA = "faultlab-from"
 REPLY_METADATA = "faultlab-reply-bin"
+# A sender's request that the reply to its Send not ride back on the call (faults watch that route).
+NO_REPLY_METADATA = "faultlab-no-reply"
 # How long a follower holds a Send for its own loop to produce the reply (then it acks
 # plainly and the reply goes out through the queue).
 REPLY_HOLD = 1.0
@@ -224,7 +226,10 @@ class PeerLink:
             if self.queue:
                 self.wake.set()
             try:
-                call = stub.Send(pb.MessageBatch(messages=batch), timeout=SEND_TIMEOUT, metadata=self.t.metadata)
+                # Faults on what this member receives from the peer must see its replies: ask for
+                # them as Sends of the peer's own instead of riding back on this call.
+                metadata = self.t.metadata_no_reply if self.t.ctx.inbound_faulted(self.peer_id) else self.t.metadata
+                call = stub.Send(pb.MessageBatch(messages=batch), timeout=SEND_TIMEOUT, metadata=metadata)
                 await call
                 self.failing_since = 0.0
                 for key, value in await call.trailing_metadata() or ():
@@ -306,6 +311,7 @@ class Transport:
         self.on_unreachable = on_unreachable
         self.on_snapshot_status = on_snapshot_status
         self.metadata = ((FROM_METADATA, f"{node_id}={advertise}"),)
+        self.metadata_no_reply = (*self.metadata, (NO_REPLY_METADATA, "1"))
         self.links: dict[str, PeerLink] = {}
         # Replies carried back on a held Send: the node steps them (set by the node).
         self.on_messages: Callable[[list[Message]], None] | None = None
@@ -328,7 +334,13 @@ class Transport:
                 else:
                     rest.append(m)
             for peer, ms in replies.items():
-                held.pop(peer).set_result(ms)
+                if self.ctx.outbound_faulted(peer):
+                    # A fault shapes what this member sends to `peer` (a one-way partition, a
+                    # delay per hop): the reply goes as this member's own Send, through it.
+                    held.pop(peer).set_result([])
+                    rest.extend(ms)
+                else:
+                    held.pop(peer).set_result(ms)
             messages = rest
         for m in messages:
             link = links.get(m.to)
@@ -336,12 +348,20 @@ class Transport:
                 link = links[m.to] = PeerLink(self, m.to)
             link.enqueue(m)
 
-    def wants_reply(self, messages: list[Message]) -> str:
-        """The sender to hold this batch's call for (its reply rides back), or ''."""
+    def wants_reply(self, messages: list[Message], metadata: tuple[tuple[str, str | bytes], ...] | None = None
+                    ) -> str:
+        """The sender to hold this batch's call for (its reply rides back), or ''.
+
+        Not while a fault shapes this member's traffic to the sender (outbound here) or the
+        sender's from it (the sender asks with ``faultlab-no-reply``): the reply then goes as a
+        Send of this member's, which those faults see.
+        """
         if not messages:
             return ""
         peer = messages[0].frm
-        if peer in self._held or not any(m.type in _ASKS for m in messages):
+        if peer in self._held or not any(m.type in _ASKS for m in messages) or self.ctx.outbound_faulted(peer):
+            return ""
+        if metadata and any(key == NO_REPLY_METADATA for key, _ in metadata):
             return ""
         return peer
 
