@@ -178,6 +178,13 @@ def test_an_agent_port_equal_to_the_data_port_is_refused(helm: Path) -> None:
         template({"networkPolicy": {"nodePorts": {"grpc": 7000, "agent": 7000, "metrics": 9090}}})
 
 
+def test_pod_labels_cannot_override_the_selector(helm: Path) -> None:
+    with pytest.raises(HelmError, match=r"podLabels\.app\.kubernetes\.io/instance: the chart sets this label"):
+        template({"podLabels": {"app.kubernetes.io/instance": "other", "team": "sre"}})
+    objects = [o for o in yaml.safe_load_all(template({"podLabels": {"team": "sre"}})) if o]
+    assert chart_rbac.deployment(objects)["spec"]["template"]["metadata"]["labels"]["team"] == "sre"
+
+
 def test_rbac_rules_are_exactly_those_of_deploy_rbac(helm: Path) -> None:
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     (cluster_role,) = by_kind(render(), "ClusterRole")
