@@ -3,6 +3,15 @@
 A replica that cannot renew in time stops (its supervisor restarts it as a
 follower); a replica that exits cleanly releases the Lease so the next one takes
 over at once instead of waiting for it to expire.
+
+Expiry is judged as client-go's leader election judges it: by how long this
+replica has seen the Lease record unchanged on its own monotonic clock, never
+by comparing the holder's ``renewTime`` with this machine's wall clock. Two
+operators on nodes whose clocks disagree by more than the Lease duration would
+otherwise both lead (one reading a live Lease as expired), and two operators
+running one experiment would inject its faults twice. A record first seen
+counts from when it was seen, so a newly started replica waits one duration
+before it takes over a Lease whose holder stopped renewing.
 """
 
 from __future__ import annotations
@@ -24,24 +33,24 @@ def _micro(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(text: str | None) -> float:
-    if not text:
-        return 0.0
-    return datetime.strptime(text.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-
-
 class LeaseElector:
     def __init__(self, kube: Kube, namespace: str, name: str = "faultlab-operator", *,
-                 identity: str | None = None, duration_s: float = 15.0) -> None:
+                 identity: str | None = None, duration_s: float = 15.0,
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.kube = kube
         self.namespace = namespace
         self.name = name
         self.identity = identity or f"{socket.gethostname()}-{time.time_ns() % 1_000_000:06d}"
         self.duration_s = duration_s
         self.path = path("Lease", namespace, name)
+        self._monotonic = monotonic
+        self._wall = wall  # only for the timestamps written into the Lease (read by people and kubectl)
+        # The Lease record as last seen (holder, renewTime, resourceVersion) and when, on our clock.
+        self._observed: tuple[str, str, str] | None = None
+        self._observed_at = 0.0
 
     def _spec(self, acquire: bool, transitions: int, acquired: str | None) -> dict[str, Any]:
-        now = time.time()
+        now = self._wall()
         return {"holderIdentity": self.identity, "leaseDurationSeconds": max(1, round(self.duration_s)),
                 "acquireTime": _micro(now) if acquire else acquired, "renewTime": _micro(now),
                 "leaseTransitions": transitions}
@@ -63,7 +72,11 @@ class LeaseElector:
         spec = lease.get("spec", {})
         holder = spec.get("holderIdentity") or ""
         duration = float(spec.get("leaseDurationSeconds") or self.duration_s)
-        expired = _parse(spec.get("renewTime")) + duration < time.time()
+        record = (holder, str(spec.get("renewTime") or ""), str(lease.get("metadata", {}).get("resourceVersion", "")))
+        now = self._monotonic()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        expired = now - self._observed_at > duration
         mine = holder == self.identity
         if not (mine or not holder or expired):
             return False

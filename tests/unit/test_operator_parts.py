@@ -44,17 +44,50 @@ class FakeLeases:
         return copy.deepcopy(self.obj)
 
 
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def test_one_leader_until_the_lease_expires_or_is_released() -> None:
     store = FakeLeases()
-    a = LeaseElector(store, "ns", identity="a", duration_s=15)  # type: ignore[arg-type]
-    b = LeaseElector(store, "ns", identity="b", duration_s=15)  # type: ignore[arg-type]
+    clock = Clock()
+    a = LeaseElector(store, "ns", identity="a", duration_s=15, monotonic=clock)  # type: ignore[arg-type]
+    b = LeaseElector(store, "ns", identity="b", duration_s=15, monotonic=clock)  # type: ignore[arg-type]
     assert a.try_acquire() and not b.try_acquire()
     assert a.try_acquire()  # renewing
     a.release()
     assert b.try_acquire() and not a.try_acquire()
     assert store.obj is not None and store.obj["spec"]["leaseTransitions"] == 1
-    store.obj["spec"]["renewTime"] = _micro(time.time() - 60)  # b stopped renewing
+    clock.t += 14  # b stopped renewing: a has seen the same record for 14 s of its own clock
+    assert not a.try_acquire()
+    clock.t += 2
     assert a.try_acquire() and store.obj["spec"]["holderIdentity"] == "a"
+
+
+def test_a_skewed_wall_clock_neither_steals_a_live_lease_nor_keeps_a_dead_one() -> None:
+    store = FakeLeases()
+    clock = Clock()
+    a = LeaseElector(store, "ns", identity="a", duration_s=15, monotonic=clock)  # type: ignore[arg-type]
+    # b's machine is an hour ahead, c's an hour behind: the renewTime a writes looks ancient to
+    # b and in the future to c. Neither may matter.
+    b = LeaseElector(store, "ns", identity="b", duration_s=15, monotonic=clock,  # type: ignore[arg-type]
+                     wall=lambda: time.time() + 3600)
+    c = LeaseElector(store, "ns", identity="c", duration_s=15, monotonic=clock,  # type: ignore[arg-type]
+                     wall=lambda: time.time() - 3600)
+    assert a.try_acquire()
+    for _ in range(5):  # a renews every 5 s: b and c see the record change and never take over
+        clock.t += 5
+        assert not b.try_acquire() and not c.try_acquire()
+        assert a.try_acquire()
+    assert not b.try_acquire()  # b observes a's last renewal here
+    clock.t += 16  # then a stops renewing: after one duration a replica takes over, whatever its clock
+    assert not c.try_acquire(), "c saw this record only now: it waits one duration of its own"
+    assert b.try_acquire() and store.obj is not None and store.obj["spec"]["holderIdentity"] == "b"
+    assert _micro(time.time() + 3500) < store.obj["spec"]["renewTime"], "b writes its own wall clock"
 
 
 def test_experiment_status_from_the_journal_and_the_report() -> None:
