@@ -76,7 +76,14 @@ from faultlab.operator.chaos.selection import (
     target_count,
 )
 from faultlab.operator.chaos.workload import Workload, WorkloadConfig
-from faultlab.operator.runtime.base import Member, Runtime, RuntimeError_, TargetRef, unsupported_fault
+from faultlab.operator.runtime.base import (
+    Member,
+    Runtime,
+    RuntimeError_,
+    TargetRef,
+    refused_fault,
+    unsupported_fault,
+)
 from faultlab.protos.agent.v1 import agent_pb2 as pb
 
 __all__ = ["AgentLike", "Engine", "EngineOptions", "ExperimentRejected"]
@@ -373,7 +380,7 @@ class Engine:
 
     async def _run(self) -> None:
         self._phase(Phase.PENDING, "validating")
-        self._validate_runtime()
+        await self._validate_runtime()
         await self._connect()
         ids = sorted(self.members)
         problems = api_check_blast_radius(self.spec, len(ids), ids)
@@ -442,10 +449,12 @@ class Engine:
                 step=step.step, targets={f.name: f.targets for f in step.faults})
         self._save()
 
-    def _validate_runtime(self) -> None:
-        """Fault types this runtime cannot do are rejected now, not discovered at injection."""
+    async def _validate_runtime(self) -> None:
+        """Fault types this runtime cannot do (here, or on this target) are rejected now, not discovered
+        at injection."""
         for i, f in enumerate(self.spec.faults):
-            why = unsupported_fault(self.runtime, f.type)
+            why = (unsupported_fault(self.runtime, f.type)
+                   or await refused_fault(self.runtime, self.target, f.type, f.params))
             if why:
                 raise ExperimentRejected(f"spec.faults[{i}].type ({f.name}): {why}")
 

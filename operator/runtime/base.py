@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,14 @@ def unsupported_fault(runtime: object, fault_type: str) -> str | None:
     """Why `runtime` cannot inject `fault_type` (None: it can), from its optional ``unsupported_faults``."""
     table: Mapping[str, str] = getattr(runtime, "unsupported_faults", None) or {}
     return table.get(fault_type)
+
+
+async def refused_fault(runtime: object, target: TargetRef, fault_type: str,
+                        params: Mapping[str, Any]) -> str | None:
+    """Why `runtime` refuses this fault on this target (None: it does not), from its optional
+    ``refuse_fault(target, fault_type, params)``: for limits that depend on how the target is built."""
+    refuse = getattr(runtime, "refuse_fault", None)
+    if refuse is None:
+        return None
+    why: str | None = await refuse(target, fault_type, params)
+    return why

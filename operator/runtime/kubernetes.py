@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import grpc
@@ -25,6 +26,11 @@ from faultlab.operator.runtime.base import Member, RuntimeError_, TargetRef
 from faultlab.protos.agent.v1 import agent_pb2 as agent_pb
 
 POLL_S = 0.2
+DISK_FILL_NEEDS_PVC = (
+    "diskFill ballast on Kubernetes needs the RaftCluster's spec.storage.type: pvc: an emptyDir volume has no "
+    "filesystem of its own, so the ballast would fill the node's disk (for every pod on it) and the kubelet "
+    "evicts a pod whose emptyDir passes its sizeLimit, deleting the member's data; use storage.type: pvc, "
+    "or params.enospc: true (log writes fail with ENOSPC, no ballast), or the local runtime (faultlab chaos run)")
 PAUSE_UNSUPPORTED = (
     "pause is not supported on Kubernetes: freezing a pod's process needs a signal from its node, "
     "which the API does not offer; use a partition (the member stops talking) or slowResponse instead, or run "
@@ -36,6 +42,15 @@ class KubernetesRuntime:
 
     name = "kubernetes"
     unsupported_faults: ClassVar[dict[str, str]] = {"pause": PAUSE_UNSUPPORTED}
+
+    async def refuse_fault(self, target: TargetRef, fault_type: str, params: Mapping[str, Any]) -> str | None:
+        """diskFill ballast only on members with a volume of their own (storage.type: pvc)."""
+        if fault_type != "diskFill" or params.get("enospc"):
+            return None
+        self._check_kind(target)
+        rc = await asyncio.to_thread(self.kube.get, path("RaftCluster", target.namespace, target.name))
+        storage = ((rc or {}).get("spec") or {}).get("storage") or {}
+        return None if storage.get("type") == "pvc" else DISK_FILL_NEEDS_PVC
 
     def _check_kind(self, target: TargetRef) -> None:
         if target.kind != "RaftCluster":

@@ -443,3 +443,31 @@ def test_a_run_paused_for_part_of_its_window_says_so_in_its_verdict() -> None:
                     paused=lambda: next(polls, False))
     assert report["verdict"] == "Passed"
     assert "paused for" in report["message"] and "fault windows were cut short" in report["message"]
+
+
+def test_disk_fill_on_kubernetes_needs_a_pvc_backed_cluster() -> None:
+    from faultlab.operator.runtime.base import TargetRef
+    from faultlab.operator.runtime.kubernetes import KubernetesRuntime
+
+    class OneCluster:
+        def __init__(self, storage: str) -> None:
+            self.storage = storage
+
+        def get(self, url: str) -> dict[str, Any]:
+            assert "raftclusters/c" in url, url
+            return {"spec": {"storage": {"type": self.storage, "size": "1Gi"}}}
+
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the Kubernetes API was used ({name}) before the experiment was validated")
+
+    exp = ChaosExperiment.model_validate(doc([{"name": "full", "type": "diskFill"}]))
+    report = asyncio.run(Engine(exp, KubernetesRuntime(OneCluster("emptyDir")), MemoryStateStore(),  # type: ignore[arg-type]
+                                EngineOptions(html=False)).run())
+    assert report["verdict"] == "Failed" and not report["faults"]
+    assert ("spec.faults[0].type (full): diskFill ballast on Kubernetes needs the RaftCluster's "
+            "spec.storage.type: pvc") in report["message"]
+    assert "evicts a pod" in report["message"] and "enospc: true" in report["message"]
+    target = TargetRef(kind="RaftCluster", name="c", namespace="default")
+    pvc, empty = KubernetesRuntime(OneCluster("pvc")), KubernetesRuntime(OneCluster("emptyDir"))  # type: ignore[arg-type]
+    assert asyncio.run(pvc.refuse_fault(target, "diskFill", {})) is None
+    assert asyncio.run(empty.refuse_fault(target, "diskFill", {"enospc": True})) is None  # no ballast: safe
