@@ -216,7 +216,8 @@ FAULT_SUMMARIES: dict[str, str] = {
     "pause": "SIGSTOP, then SIGCONT at rollback (local runtime only; a detached watchdog resumes it at the TTL).",
     "cpuBurn": "Busy threads inside the member's process.",
     "memoryPressure": "The member's process holds resident memory.",
-    "diskFill": "Fills the member's data filesystem with ballast, or makes its log writes fail with ENOSPC.",
+    "diskFill": ("Fills the member's data filesystem with ballast, or makes its log writes fail with ENOSPC "
+                 "(ballast on Kubernetes: clusters with storage.type pvc only)."),
     "clockSkew": "Shifts (and drifts) the member's clock, which its timeouts, leases and timestamps read.",
     "corruption": "Flips bytes in the member's WAL or snapshot on disk; the member must detect it, never serve it.",
 }
