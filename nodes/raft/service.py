@@ -285,7 +285,8 @@ class KVService(pb_grpc.KVServicer):
                 while in_flight:
                     room = loop.create_future()
                     await room
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, grpc.aio.AbortError) as exc:
+                # The client went away, or a fault aborted the stream (its status is already set).
                 log.debug("pipeline stream ended: %s", exc)
             finally:
                 reading = False
