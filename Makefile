@@ -74,7 +74,7 @@ protos-check: $(STAMP) ## fail if generated protos are stale
 
 bench: bench-raft ## every benchmark
 
-bench-raft: $(STAMP) ## faultlab Raft vs PySyncObj vs etcd, side by side (3 interleaved rounds, about 10 min)
+bench-raft: $(STAMP) ## faultlab Raft vs PySyncObj vs etcd, side by side (3 interleaved rounds, about 13 min)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/raft/run.py --rounds 3 --duration 5 --warmup 1 --clients 1,16,64
 

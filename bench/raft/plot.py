@@ -15,7 +15,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-COLORS = {"faultlab-pipeline": "#1f77b4", "faultlab": "#9ecae1", "etcd": "#2ca02c", "pysyncobj": "#ff7f0e",
+COLORS = {"faultlab-pipeline": "#1f77b4", "faultlab": "#9ecae1", "faultlab-inprocess": "#08306b",
+          "etcd": "#2ca02c", "pysyncobj": "#ff7f0e",
           "pysyncobj-threads": "#ffbb78", "grpc-floor": "#7f7f7f"}
 _W, _H, _LEFT, _TOP, _BOTTOM = 900, 420, 70, 40, 70
 

@@ -10,6 +10,9 @@ system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
   ``RaftClient`` (sessions on) in separate generator processes (``loadgen.py``), one unary
   ``KV.Put`` per write. faultlab-pipeline: the same cluster and generators with
   ``RaftClient(pipeline=True)``: each client's writes go over a ``KV.Pipeline`` stream.
+- faultlab-inprocess: the same nodes with the clients inside the leader's process
+  (``inproc_node.py``: closed loops of ``RaftNode.propose`` with sessions), as PySyncObj's are:
+  the Raft core, WAL and replication without a gRPC client per write.
 - etcd: the binary the k8s tooling builds (``~/.cache/faultlab/k8s/<version>/bin/etcd``;
   absent: said in the output), fsync on (its default); clients use etcd's gRPC
   ``KV.Put`` from the same generator processes, with the request encoded by hand
@@ -23,7 +26,7 @@ system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
 
 ``--profile`` samples faultlab's leader with py-spy during the largest run and
 prints where its time goes. Usage: ``python bench/raft/run.py [--duration 10]
-[--clients 1,16,64] [--systems faultlab,faultlab-pipeline,pysyncobj,etcd,grpc-floor] [--profile]``.
+[--clients 1,16,64] [--systems faultlab,faultlab-pipeline,faultlab-inprocess,pysyncobj,...] [--profile]``.
 
 - grpc-floor: a no-op grpc.aio Put server driven by the same generators: the
   ceiling the Python gRPC stack itself sets on this machine (no consensus, no disk).
@@ -166,6 +169,41 @@ class FaultlabCluster(Cluster):
 
     def stop(self) -> None:
         self.p.stop()
+
+
+class InprocFaultlabCluster(FaultlabCluster):
+    """The same faultlab nodes, with the clients inside the leader's process (``inproc_node.py``), as
+    PySyncObj's are: the Raft core, WAL and replication without a gRPC client per write."""
+
+    def __init__(self, uvloop: bool) -> None:
+        super().__init__(uvloop)
+        self.name = "faultlab-inprocess"
+        self.note = ("uvloop event loop" if uvloop else "default asyncio event loop") + (
+            "; clients in the leader's process (RaftNode.propose with sessions, no client network)")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, workdir: Path) -> None:
+        self.addrs = {f"n{i}": free_address() for i in (1, 2, 3)}
+        peers = ",".join(f"{k}={v}" for k, v in self.addrs.items())
+        for mid, addr in self.addrs.items():
+            cmd = [sys.executable, str(HERE / "inproc_node.py"), "--id", mid, "--listen", addr,
+                   "--peers", peers, "--data-dir", str(workdir / mid), "--log-level", "WARNING"]
+            env = {**os.environ, "FAULTLAB_UVLOOP": "1" if self.uvloop else "0"}
+            proc = self.p.spawn(cmd, workdir / f"{mid}.log", env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.procs[mid] = proc
+            self.pids[mid] = proc.pid
+        asyncio.run(self._wait())
+
+    def run_load(self, clients: int, duration: float, warmup: float, value_bytes: int) -> dict[str, Any]:
+        asyncio.run(self._wait())  # the leader now (an election may have moved it)
+        proc = self.procs[self.leader]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"load {clients} {duration} {warmup} {value_bytes}\n".encode())
+        proc.stdin.flush()
+        out: dict[str, Any] = json.loads(proc.stdout.readline())
+        if "error" in out:
+            raise RuntimeError(f"faultlab-inprocess: {out['error']}")
+        return out
 
 
 class GrpcFloor(Cluster):
@@ -402,7 +440,7 @@ def run_system(cluster: Cluster, clients_list: list[int], duration: float, warmu
     try:
         for clients in clients_list:
             prof: dict[str, Any] | None = None
-            if isinstance(cluster, PySyncObjCluster):
+            if isinstance(cluster, PySyncObjCluster | InprocFaultlabCluster):
                 part = cluster.run_load(clients, duration, warmup, value_bytes)
                 r = summarize([part], duration)
                 r["generator_cpu_s"] = None
@@ -451,6 +489,8 @@ def make_cluster(name: str, uv: bool, systems_out: dict[str, Any]) -> Cluster | 
     """The cluster for a system name; None (said, and noted in ``systems_out``) when it cannot run."""
     if name in ("faultlab", "faultlab-pipeline"):
         return FaultlabCluster(uv, pipeline=name == "faultlab-pipeline")
+    if name == "faultlab-inprocess":
+        return InprocFaultlabCluster(uv)
     if name == "grpc-floor":
         return GrpcFloor(uv)
     if name in ("pysyncobj", "pysyncobj-threads"):
@@ -488,7 +528,8 @@ def main() -> None:
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--systems",
-                    default="faultlab,faultlab-pipeline,pysyncobj,pysyncobj-threads,etcd,grpc-floor")
+                    default="faultlab,faultlab-pipeline,faultlab-inprocess,pysyncobj,pysyncobj-threads,etcd,"
+                            "grpc-floor")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--uvloop", choices=("auto", "on", "off"), default="auto",
                     help="run faultlab nodes (and the generators) on uvloop when installed (auto)")
@@ -528,7 +569,7 @@ def main() -> None:
         report["rounds"] = per_round
     ratios: dict[str, dict[str, float]] = {}
     ratio_rounds: dict[str, dict[str, list[float]]] = {}
-    for ours in ("faultlab", "faultlab-pipeline"):
+    for ours in ("faultlab", "faultlab-pipeline", "faultlab-inprocess"):
         for peer in ("pysyncobj", "pysyncobj-threads", "etcd", "grpc-floor"):
             for c in map(str, clients_list):
                 # One ratio per round (both systems measured in that round), then the median.
