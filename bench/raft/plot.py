@@ -79,7 +79,7 @@ def svg(report: dict[str, Any]) -> str:
     for name in systems:
         out.append(f'<rect x="{lx}" y="{_H - 30}" width="10" height="10" fill="{COLORS.get(name, "#bbb")}"/>'
                    f'<text x="{lx + 14}" y="{_H - 21}">{escape(name)}</text>')
-        lx += 14 + 8 * len(name) + 16
+        lx += 14 + 6 * len(name) + 14
     out.append("</svg>")
     return "\n".join(out)
 
