@@ -1,8 +1,11 @@
-"""Client side of ``KV.Pipeline``: many KV operations in flight on one gRPC stream per channel.
+"""``KV.Pipeline``: many KV operations in flight on one gRPC stream per channel, in batches.
 
 A unary call costs the server an accepted call, a handler task and three
-completion-queue round trips; on a pipeline each operation is one message each
-way. :class:`Pipe` tags requests with ids, matches answers back (in any order)
+completion-queue round trips; on a pipeline each operation is part of one message
+each way, and each message carries every operation (or answer) that was ready
+when the stream could write: an :class:`Outbox`, used by both ends. Nothing waits
+to fill a batch; operations that arrive while a write is in flight share the next.
+:class:`Pipe` tags requests with ids, matches answers back (in any order)
 and turns each answer's ``PipelineError`` into the ``grpc.aio.AioRpcError`` the
 unary call would have raised (``faultlab-leader`` included), so callers keep one
 error path: redirects, retries with the same session and timeouts work as they
@@ -16,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -25,7 +28,74 @@ from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 
 LEADER_METADATA = "faultlab-leader"
+# One stream message holds operations up to this size (at least one): well inside the 64 MiB
+# both ends accept, and small enough not to hold the stream for long.
+BATCH_BYTES = 4 << 20
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Sized(Protocol):
+    def ByteSize(self) -> int: ...
+
+
+M = TypeVar("M", bound=_Sized)
+B = TypeVar("B")
+
+
+def batch_size(items: list[M], limit: int = BATCH_BYTES) -> int:
+    """How many of ``items``, from the front, fit in one message of ``limit`` bytes (at least one)."""
+    size = 0
+    for n, item in enumerate(items):
+        size += item.ByteSize()
+        if size > limit and n:
+            return n
+    return len(items)
+
+
+class Outbox(Generic[M, B]):
+    """Messages waiting for one stream, written as batches of everything ready at each write."""
+
+    def __init__(self, wrap: Callable[[list[M]], B], limit: int = BATCH_BYTES) -> None:
+        self._wrap = wrap
+        self._limit = limit
+        self._items: list[M] = []
+        self._closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: M) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def close(self) -> None:
+        """Ends :meth:`batches` once what is queued has been handed out."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def batches(self) -> AsyncIterator[B]:
+        while True:
+            if self._items:
+                n = batch_size(self._items, self._limit)
+                batch = self._wrap(self._items[:n])
+                del self._items[:n]
+                yield batch
+                continue
+            if self._closed:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+
+
+def _requests(items: list[pb.PipelineRequest]) -> pb.PipelineRequests:
+    return pb.PipelineRequests(requests=items)
+
+
+def responses(items: list[pb.PipelineResponse]) -> pb.PipelineResponses:
+    return pb.PipelineResponses(responses=items)
 
 
 def rpc_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio.AioRpcError:
@@ -47,7 +117,7 @@ class Pipe:
         self.supported = True
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[pb.PipelineResponse]] = {}
-        self._outbox: asyncio.Queue[pb.PipelineRequest | None] | None = None
+        self._outbox: Outbox[pb.PipelineRequest, pb.PipelineRequests] | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def call(self, op: str, request: Any, timeout: float) -> Any:
@@ -59,7 +129,7 @@ class Pipe:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[pb.PipelineResponse] = loop.create_future()
         self._pending[rid] = fut
-        self._outbox.put_nowait(pb.PipelineRequest(id=rid, **{op: request}))
+        self._outbox.put(pb.PipelineRequest(id=rid, **{op: request}))
         # A timer on the future, not asyncio.wait_for: wait_for costs a waiter future and
         # callbacks per call, several times what the operation itself costs this client.
         timer = loop.call_later(timeout, _expire, fut, timeout)
@@ -74,30 +144,25 @@ class Pipe:
         return getattr(answer, op)
 
     def _open(self) -> None:
-        outbox: asyncio.Queue[pb.PipelineRequest | None] = asyncio.Queue()
-        self._outbox = outbox
-
-        async def requests() -> AsyncIterator[pb.PipelineRequest]:
-            while (request := await outbox.get()) is not None:
-                yield request
-
-        stream = pb_grpc.KVStub(self.channel).Pipeline(requests())
+        outbox = self._outbox = Outbox(_requests)
+        stream = pb_grpc.KVStub(self.channel).Pipeline(outbox.batches())
         self._reader = asyncio.ensure_future(self._read(stream, outbox))
 
-    async def _read(self, stream: Any, outbox: asyncio.Queue[pb.PipelineRequest | None]) -> None:
+    async def _read(self, stream: Any, outbox: Outbox[pb.PipelineRequest, pb.PipelineRequests]) -> None:
         error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the pipeline stream ended; outcome unknown")
         try:
-            async for answer in stream:
-                fut = self._pending.get(answer.id)
-                if fut is not None and not fut.done():
-                    fut.set_result(answer)
+            async for batch in stream:
+                for answer in batch.responses:
+                    fut = self._pending.get(answer.id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(answer)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.supported = False
             error = rpc_error(exc.code() if exc.code() != grpc.StatusCode.CANCELLED else
                               grpc.StatusCode.UNAVAILABLE, f"pipeline stream: {exc.details()}; outcome unknown")
         finally:
-            outbox.put_nowait(None)
+            outbox.close()
             if self._outbox is outbox:
                 self._outbox = None
             for fut in list(self._pending.values()):
@@ -106,7 +171,7 @@ class Pipe:
 
     async def close(self) -> None:
         if self._outbox is not None:
-            self._outbox.put_nowait(None)
+            self._outbox.close()
         if self._reader is not None:
             self._reader.cancel()
             try:

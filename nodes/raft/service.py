@@ -9,7 +9,6 @@ leader is known); an outcome the member cannot vouch for is UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import importlib.metadata
 import logging
@@ -28,6 +27,7 @@ from faultlab.nodes.raft.node import (
     RaftNodeError,
     Unavailable,
 )
+from faultlab.nodes.raft.pipeline import Outbox, responses
 from faultlab.nodes.raft.statemachine import (
     OP_CAS,
     OP_DELETE,
@@ -211,27 +211,22 @@ class KVService(pb_grpc.KVServicer):
                 "delete": (self._start_delete, self._finish_delete),
                 "compare_and_swap": (self._start_cas, self._finish_cas)}
 
-    async def Pipeline(self, request_iterator: AsyncIterator[pb.PipelineRequest],
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PipelineResponse]:
-        """Starts each operation as it arrives and writes each answer when its future resolves.
+    async def Pipeline(self, request_iterator: AsyncIterator[pb.PipelineRequests],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PipelineResponses]:
+        """Starts each operation as it arrives and answers in batches as the futures resolve.
 
+        Every answer ready when the stream can write goes out in one message (at most
+        pipeline.BATCH_BYTES), so a commit that resolves many writes at once costs one write.
         At most PIPELINE_WINDOW operations of one stream are in flight; beyond that the
         stream's reader waits, which pushes back on the client through gRPC flow control.
         """
         loop = asyncio.get_running_loop()
         ops = self._pipeline_ops()
         unbounded = context.time_remaining() is None
-        answers: collections.deque[pb.PipelineResponse] = collections.deque()
-        wake: asyncio.Future[None] | None = None
+        answers = Outbox(responses)
+        post = answers.put
         room: asyncio.Future[None] | None = None
         in_flight = 0
-        reading = True
-
-        def post(answer: pb.PipelineResponse) -> None:
-            nonlocal wake
-            answers.append(answer)
-            if wake is not None and not wake.done():
-                wake.set_result(None)
 
         def error(rid: int, exc: BaseException) -> pb.PipelineResponse:
             if isinstance(exc, NotLeaderError):
@@ -261,27 +256,32 @@ class KVService(pb_grpc.KVServicer):
                     exc = finish_exc
             post(error(rid, exc))
 
-        async def read() -> None:
-            nonlocal in_flight, room, reading
+        def start(request: pb.PipelineRequest) -> None:
+            nonlocal in_flight
+            op = request.WhichOneof("op")
+            rid = request.id
+            if op not in ops:
+                post(error(rid, InvalidArgument("op: set one of put, get, delete, compare_and_swap")))
+                return
+            begin, finish = ops[op]
+            body = getattr(request, op)
             try:
-                async for request in request_iterator:
-                    while in_flight >= PIPELINE_WINDOW:
-                        room = loop.create_future()
-                        await room
-                    op = request.WhichOneof("op")
-                    rid = request.id
-                    if op not in ops:
-                        post(error(rid, InvalidArgument("op: set one of put, get, delete, compare_and_swap")))
-                        continue
-                    start, finish = ops[op]
-                    body = getattr(request, op)
-                    try:
-                        fut = start(body, DEFAULT_TIMEOUT if unbounded else _timeout(context))
-                    except RaftNodeError as exc:
-                        post(error(rid, exc))
-                        continue
-                    in_flight += 1
-                    fut.add_done_callback(functools.partial(answered, rid, op, body, finish))
+                fut = begin(body, DEFAULT_TIMEOUT if unbounded else _timeout(context))
+            except RaftNodeError as exc:
+                post(error(rid, exc))
+                return
+            in_flight += 1
+            fut.add_done_callback(functools.partial(answered, rid, op, body, finish))
+
+        async def read() -> None:
+            nonlocal room
+            try:
+                async for batch in request_iterator:
+                    for request in batch.requests:
+                        while in_flight >= PIPELINE_WINDOW:
+                            room = loop.create_future()
+                            await room
+                        start(request)
                 while in_flight:
                     room = loop.create_future()
                     await room
@@ -289,23 +289,12 @@ class KVService(pb_grpc.KVServicer):
                 # The client went away, or a fault aborted the stream (its status is already set).
                 log.debug("pipeline stream ended: %s", exc)
             finally:
-                reading = False
-                post_end()
-
-        def post_end() -> None:
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+                answers.close()
 
         reader = loop.create_task(read())
         try:
-            while True:
-                while answers:
-                    yield answers.popleft()
-                if not reading:
-                    break
-                wake = loop.create_future()
-                await wake
-                wake = None
+            async for batch in answers.batches():
+                yield batch
         finally:
             reader.cancel()
 

@@ -42,15 +42,33 @@ async def test_pipelined_operations_answer_like_unary_calls(raft_cluster: MakeCl
         assert all(p.supported for p in kv._pipes.values()), "the members serve Pipeline"
 
 
+async def test_operations_sent_together_are_answered_together(raft_cluster: MakeCluster) -> None:
+    """One message of 100 writes commits as one batch, so its answers share a few messages."""
+    c = raft_cluster(3)
+    leader = await c.wait_leader()
+    await c.wait_caught_up()
+    batch = pb.PipelineRequests(requests=[pb.PipelineRequest(id=i, put=pb.PutRequest(key=b"b%d" % i, value=b"v"))
+                                          for i in range(1, 101)])
+
+    async def once() -> AsyncIterator[pb.PipelineRequests]:
+        yield batch
+    async with grpc.aio.insecure_channel(c.members[leader].address) as ch:
+        messages = [m async for m in pb_grpc.KVStub(ch).Pipeline(once(), timeout=10)]
+    answers = [a for m in messages for a in m.responses]
+    assert sorted(a.id for a in answers) == list(range(1, 101))
+    assert all(a.WhichOneof("result") == "put" for a in answers), answers[:3]
+    assert len(messages) <= 10, f"100 answers took {len(messages)} stream messages: they were not batched"
+
+
 async def test_a_follower_answers_a_pipelined_write_with_the_leader(raft_cluster: MakeCluster) -> None:
     c = raft_cluster(3)
     leader = await c.wait_leader()
     await c.wait_caught_up()
     follower = next(m for m in c.members if m != leader)
     async with grpc.aio.insecure_channel(c.members[follower].address) as ch:
-        async def one() -> pb.PipelineRequest:
-            yield pb.PipelineRequest(id=7, put=pb.PutRequest(key=b"k", value=b"v"))
-        answers = [a async for a in pb_grpc.KVStub(ch).Pipeline(one(), timeout=10)]
+        async def one() -> AsyncIterator[pb.PipelineRequests]:
+            yield pb.PipelineRequests(requests=[pb.PipelineRequest(id=7, put=pb.PutRequest(key=b"k", value=b"v"))])
+        answers = [a async for batch in pb_grpc.KVStub(ch).Pipeline(one(), timeout=10) for a in batch.responses]
     assert [a.id for a in answers] == [7]
     error = answers[0].error
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
@@ -94,23 +112,28 @@ async def test_no_acknowledged_pipelined_write_is_lost_when_the_leader_dies(raft
 
 
 class _Stream:
-    """A raw KV.Pipeline stream the test writes to one request at a time."""
+    """A raw KV.Pipeline stream the test writes to one request per message."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.outbox: asyncio.Queue[pb.PipelineRequest | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[pb.PipelineRequests | None] = asyncio.Queue()
 
-        async def requests() -> AsyncIterator[pb.PipelineRequest]:
+        async def requests() -> AsyncIterator[pb.PipelineRequests]:
             while (r := await self.outbox.get()) is not None:
                 yield r
         self.call = pb_grpc.KVStub(channel).Pipeline(requests(), timeout=30)
         self.ids = 0
+        self.received: list[pb.PipelineResponse] = []
 
     def put(self, key: str) -> None:
         self.ids += 1
-        self.outbox.put_nowait(pb.PipelineRequest(id=self.ids, put=pb.PutRequest(key=key.encode(), value=b"v")))
+        request = pb.PipelineRequest(id=self.ids, put=pb.PutRequest(key=key.encode(), value=b"v"))
+        self.outbox.put_nowait(pb.PipelineRequests(requests=[request]))
 
     async def answer(self) -> pb.PipelineResponse:
-        return await asyncio.wait_for(self.call.read(), 10)
+        """The next answer, whichever message of the stream carries it."""
+        while not self.received:
+            self.received.extend((await asyncio.wait_for(self.call.read(), 10)).responses)
+        return self.received.pop(0)
 
 
 async def test_faults_reach_a_pipeline_opened_before_them(raft_cluster: MakeCluster) -> None:

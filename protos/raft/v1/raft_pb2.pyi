@@ -684,7 +684,7 @@ Global___RangeResponse: _TypeAlias = RangeResponse  # noqa: Y015
 
 @_typing.final
 class PipelineRequest(_message.Message):
-    """One request of a KV.Pipeline stream: the unary request of the same name, tagged by the
+    """One operation of a KV.Pipeline stream: the unary request of the same name, tagged by the
     client with an id its answer carries back.
     """
 
@@ -794,6 +794,52 @@ class PipelineResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___PipelineResponse: _TypeAlias = PipelineResponse  # noqa: Y015
+
+@_typing.final
+class PipelineRequests(_message.Message):
+    """One message of a KV.Pipeline stream from the client: the operations it had ready to send
+    (as TiKV's BatchCommands, many operations share one message's cost in both gRPC stacks).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___PipelineRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineRequests: _TypeAlias = PipelineRequests  # noqa: Y015
+
+@_typing.final
+class PipelineResponses(_message.Message):
+    """One message of a KV.Pipeline stream from the server: the answers it had ready, any order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineResponse]: ...
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___PipelineResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineResponses: _TypeAlias = PipelineResponses  # noqa: Y015
 
 @_typing.final
 class Member(_message.Message):

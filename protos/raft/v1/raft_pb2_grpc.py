@@ -182,8 +182,8 @@ class KVStub:
                 _registered_method=True)
         self.Pipeline = channel.stream_stream(
                 '/faultlab.raft.v1.KV/Pipeline',
-                request_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequest.SerializeToString,
-                response_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponse.FromString,
+                request_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequests.SerializeToString,
+                response_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponses.FromString,
                 _registered_method=True)
 
 
@@ -221,8 +221,9 @@ class KVServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Pipeline(self, request_iterator, context):
-        """The same operations, many in flight on one stream (no per-call cost in the server): each
-        request is handled as its unary call would be, with the same errors, answered by id.
+        """The same operations, many in flight on one stream (no per-call cost in the server), sent
+        and answered in batches: each request is handled as its unary call would be, with the
+        same errors, answered by id. A lost or failed stream message loses its whole batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -258,8 +259,8 @@ def add_KVServicer_to_server(servicer, server):
             ),
             'Pipeline': grpc.stream_stream_rpc_method_handler(
                     servicer.Pipeline,
-                    request_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequest.FromString,
-                    response_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponse.SerializeToString,
+                    request_deserializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequests.FromString,
+                    response_serializer=faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponses.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -422,8 +423,8 @@ class KV:
             request_iterator,
             target,
             '/faultlab.raft.v1.KV/Pipeline',
-            faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequest.SerializeToString,
-            faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponse.FromString,
+            faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineRequests.SerializeToString,
+            faultlab_dot_protos_dot_raft_dot_v1_dot_raft__pb2.PipelineResponses.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,9 +81,10 @@ class KVStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_raft_pb2.DeleteRequest, _raft_pb2.DeleteResponse]
     CompareAndSwap: _grpc.UnaryUnaryMultiCallable[_raft_pb2.CompareAndSwapRequest, _raft_pb2.CompareAndSwapResponse]
     Range: _grpc.UnaryUnaryMultiCallable[_raft_pb2.RangeRequest, _raft_pb2.RangeResponse]
-    Pipeline: _grpc.StreamStreamMultiCallable[_raft_pb2.PipelineRequest, _raft_pb2.PipelineResponse]
-    """The same operations, many in flight on one stream (no per-call cost in the server): each
-    request is handled as its unary call would be, with the same errors, answered by id.
+    Pipeline: _grpc.StreamStreamMultiCallable[_raft_pb2.PipelineRequests, _raft_pb2.PipelineResponses]
+    """The same operations, many in flight on one stream (no per-call cost in the server), sent
+    and answered in batches: each request is handled as its unary call would be, with the
+    same errors, answered by id. A lost or failed stream message loses its whole batch.
     """
 
 @_typing.type_check_only
@@ -94,9 +95,10 @@ class KVAsyncStub(KVStub):
     Delete: _aio.UnaryUnaryMultiCallable[_raft_pb2.DeleteRequest, _raft_pb2.DeleteResponse]  # type: ignore[assignment]
     CompareAndSwap: _aio.UnaryUnaryMultiCallable[_raft_pb2.CompareAndSwapRequest, _raft_pb2.CompareAndSwapResponse]  # type: ignore[assignment]
     Range: _aio.UnaryUnaryMultiCallable[_raft_pb2.RangeRequest, _raft_pb2.RangeResponse]  # type: ignore[assignment]
-    Pipeline: _aio.StreamStreamMultiCallable[_raft_pb2.PipelineRequest, _raft_pb2.PipelineResponse]  # type: ignore[assignment]
-    """The same operations, many in flight on one stream (no per-call cost in the server): each
-    request is handled as its unary call would be, with the same errors, answered by id.
+    Pipeline: _aio.StreamStreamMultiCallable[_raft_pb2.PipelineRequests, _raft_pb2.PipelineResponses]  # type: ignore[assignment]
+    """The same operations, many in flight on one stream (no per-call cost in the server), sent
+    and answered in batches: each request is handled as its unary call would be, with the
+    same errors, answered by id. A lost or failed stream message loses its whole batch.
     """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
@@ -138,11 +140,12 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Pipeline(
         self,
-        request_iterator: _MaybeAsyncIterator[_raft_pb2.PipelineRequest],
+        request_iterator: _MaybeAsyncIterator[_raft_pb2.PipelineRequests],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_raft_pb2.PipelineResponse], _abc.AsyncIterator[_raft_pb2.PipelineResponse]]:
-        """The same operations, many in flight on one stream (no per-call cost in the server): each
-        request is handled as its unary call would be, with the same errors, answered by id.
+    ) -> _typing.Union[_abc.Iterator[_raft_pb2.PipelineResponses], _abc.AsyncIterator[_raft_pb2.PipelineResponses]]:
+        """The same operations, many in flight on one stream (no per-call cost in the server), sent
+        and answered in batches: each request is handled as its unary call would be, with the
+        same errors, answered by id. A lost or failed stream message loses its whole batch.
         """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
