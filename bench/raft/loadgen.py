@@ -4,8 +4,10 @@ Each client writes a 100-byte value (by default) to its own key, waits for the
 answer, and immediately writes again, for a fixed duration after a warm-up.
 Systems: ``faultlab`` (RaftClient, sessions on, via the leader), ``etcd``
 (etcd's gRPC KV.Put, request encoded by hand: fields 1 key and 2 value of
-etcdserverpb.PutRequest; no stubs to generate). Reports the count, a latency
-sample, and this process's CPU seconds.
+etcdserverpb.PutRequest; no stubs to generate). The process's clients share one
+client object (a RaftClient, an etcd channel), as an application's request
+handlers share one; ``--client-per-loop`` gives each its own. Reports the count,
+a latency sample, and this process's CPU seconds.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ async def make_writer(system: str, targets: list[str], client: int,
 
 
 async def run(system: str, targets: list[str], clients: int, duration: float, warmup: float, value_bytes: int,
-              offset: int, uvloop_used: bool, pipeline: bool = False) -> dict[str, object]:
+              offset: int, uvloop_used: bool, pipeline: bool = False,
+              per_loop: bool = False) -> dict[str, object]:
     stop_at = time.perf_counter() + warmup + duration
     measure_from = time.perf_counter() + warmup
     lat: list[float] = []
@@ -73,9 +76,11 @@ async def run(system: str, targets: list[str], clients: int, duration: float, wa
     count = 0
     value = bytes(random.Random(offset).randbytes(value_bytes))
 
+    shared = None if per_loop else await make_writer(system, targets, offset, pipeline)
+
     async def one(i: int) -> None:
         nonlocal errors, count
-        put, close = await make_writer(system, targets, i, pipeline)
+        put, close = shared or await make_writer(system, targets, offset + i, pipeline)
         key = f"bench-{offset + i}".encode()
         try:
             while True:
@@ -92,11 +97,14 @@ async def run(system: str, targets: list[str], clients: int, duration: float, wa
                     count += 1
                     lat.append(done - t)
         finally:
-            await close()
+            if shared is None:
+                await close()
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     await asyncio.gather(*(one(i) for i in range(clients)))
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    if shared is not None:
+        await shared[1]()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     rng = random.Random(0)
     sample = lat if len(lat) <= 20000 else rng.sample(lat, 20000)
@@ -115,6 +123,8 @@ def main() -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--uvloop", action="store_true")
     p.add_argument("--pipeline", action="store_true", help="faultlab: RaftClient(pipeline=True), KV.Pipeline streams")
+    p.add_argument("--client-per-loop", action="store_true",
+                   help="each concurrent client its own RaftClient / etcd channel (default: one shared per process)")
     p.add_argument("--out", help="write the JSON here instead of stdout")
     a = p.parse_args()
     uv = False
@@ -124,7 +134,7 @@ def main() -> None:
         uvloop.install()
         uv = True
     out = asyncio.run(run(a.system, a.targets.split(","), a.clients, a.duration, a.warmup, a.value_bytes,
-                          a.offset, uv, a.pipeline))
+                          a.offset, uv, a.pipeline, a.client_per_loop))
     if a.out:
         Path(a.out).write_text(json.dumps(out))
     else:

@@ -6,10 +6,12 @@ last is answered, for a fixed duration after a warm-up. Prints throughput and
 p50/p99 per system, the ratios faultlab/PySyncObj and faultlab/etcd, whether each
 system fsyncs, and the load generator's CPU; writes JSON to ``bench/results/``.
 
-- faultlab: `faultlab-node raft` processes (fsync on), clients are
-  ``RaftClient`` (sessions on) in separate generator processes (``loadgen.py``), one unary
-  ``KV.Put`` per write. faultlab-pipeline: the same cluster and generators with
-  ``RaftClient(pipeline=True)``: each client's writes go over a ``KV.Pipeline`` stream.
+- faultlab: `faultlab-node raft` processes (fsync on), clients are closed loops in
+  separate generator processes (``loadgen.py``) sharing one ``RaftClient`` (sessions on) per
+  process, one unary ``KV.Put`` per write. faultlab-pipeline: the same cluster and generators
+  with ``RaftClient(pipeline=True)``: the writes go over one ``KV.Pipeline`` stream per process,
+  where what is ready at each write shares a message. ``--client-per-loop`` gives every
+  closed loop a client of its own (for the pipeline: a stream of its own, so no batching).
 - faultlab-inprocess: the same nodes with the clients inside the leader's process
   (``inproc_node.py``: closed loops of ``RaftNode.propose`` with sessions), as PySyncObj's are:
   the Raft core, WAL and replication without a gRPC client per write.
@@ -536,19 +538,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat every system this many times, interleaved, and report medians: on a shared "
                          "2-core machine one run of a system varies by 20%% or more")
+    ap.add_argument("--client-per-loop", action="store_true",
+                    help="every closed loop of a generator gets its own client (RaftClient, etcd channel) "
+                         "instead of sharing one per generator process")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
     clients_list = [int(x) for x in a.clients.split(",")]
     uv = a.uvloop == "on" or (a.uvloop == "auto" and _has_uvloop())
     if uv:
         GENERATOR_FLAGS.append("--uvloop")
+    if a.client_per_loop:
+        GENERATOR_FLAGS.append("--client-per-loop")
     systems = a.systems.split(",")
     print(f"machine: {os.cpu_count()} cpus, {platform.python_implementation()} {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f}; {a.duration:.0f}s per run after {a.warmup:.0f}s warm-up, "
-          f"{a.value_bytes}-byte values, closed loop; uvloop {'on' if uv else 'off'} "
+          f"{a.value_bytes}-byte values, closed loop, "
+          f"{'a client per loop' if a.client_per_loop else 'one client per generator process'}; "
+          f"uvloop {'on' if uv else 'off'} "
           f"(faultlab nodes and the gRPC load generators)")
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "duration_s": a.duration,
                               "value_bytes": a.value_bytes, "cpus": os.cpu_count(),
+                              "client_per_loop": a.client_per_loop,
                               "load_average_at_start": os.getloadavg()[0], "uvloop": uv, "systems": {}}
     per_round: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
