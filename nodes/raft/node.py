@@ -67,7 +67,6 @@ LEADER_METADATA = "faultlab-leader"
 # answers a client only from a later Ready, after its own fsync of the entry.
 _EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT})
 DEFAULT_MAX_VALUE = 1 << 20
-DELIVER_CHUNK = 8
 
 
 # ---------------------------------------------------------------- errors (mapped to gRPC codes by service.py)
@@ -339,7 +338,7 @@ class RaftNode:
                     self._apply(committed[:cut])
                     committed = committed[cut:]
                     self._serve_reads(rd.read_states)
-                    await self._deliver()
+                    self._deliver()
             st = self.storage
             durable = (rd.entries or rd.snapshot is not None or
                        (hs is not None and (hs.term != st.hard_state.term or hs.vote != st.hard_state.vote)))
@@ -360,7 +359,7 @@ class RaftNode:
         if rd.read_states or self._reads_waiting:
             self._serve_reads(rd.read_states)
         if self._deliveries:
-            await self._deliver()
+            self._deliver()
         for ctx in rd.dropped_reads:
             for fut in self._reads_issued.pop(ctx, ()):
                 if not fut.done():
@@ -439,21 +438,18 @@ class RaftNode:
                             f"outcome unknown, retry"))
                         self.metrics.proposals_failed.inc()
 
-    async def _deliver(self) -> None:
-        """Answers applied proposals a few at a time, yielding in between.
+    def _deliver(self) -> None:
+        """Answers every applied proposal in one pass, so a Pipeline stream answers a commit in one message.
 
-        grpc.aio accepts one new call per event-loop turn; waking every waiting handler
-        in one turn would starve the accept loop and queue new requests in gRPC.
+        Pacing them a few per loop turn split those answers over many messages and cost 20-30%
+        more CPU per pipelined write, with unary calls no faster (``bench/raft/cpu_per_write.py``).
         """
         deliveries, self._deliveries = self._deliveries, []
         ok = self.metrics.proposals_ok
-        for i in range(0, len(deliveries), DELIVER_CHUNK):
-            if i:
-                await asyncio.sleep(0)
-            for fut, value in deliveries[i:i + DELIVER_CHUNK]:
-                if not fut.done():
-                    fut.set_result(value)
-                    ok.inc()
+        for fut, value in deliveries:
+            if not fut.done():
+                fut.set_result(value)
+                ok.inc()
 
     def _serve_reads(self, read_states: list[ReadState]) -> None:
         for rs in read_states:

@@ -85,8 +85,12 @@ async def test_no_acknowledged_pipelined_write_is_lost_when_the_leader_dies(raft
     acked: dict[str, str] = {}
     stop = asyncio.Event()
 
+    # Writers 0-3 have a client each; 4-11 share one, so their writes travel in batches.
+    shared = c.client(pipeline=True, timeout=15.0)
+
     async def writer(w: int) -> None:
-        async with c.client(pipeline=True, timeout=15.0) as kv:
+        kv = c.client(pipeline=True, timeout=15.0) if w < 4 else shared
+        try:
             for i in range(10_000):
                 if stop.is_set():
                     return
@@ -96,8 +100,11 @@ async def test_no_acknowledged_pipelined_write_is_lost_when_the_leader_dies(raft
                 except RaftError:
                     continue  # outcome unknown: not acknowledged, not counted
                 acked[key] = value
+        finally:
+            if kv is not shared:
+                await kv.close()
 
-    writers = [asyncio.create_task(writer(w)) for w in range(8)]
+    writers = [asyncio.create_task(writer(w)) for w in range(12)]
     await c.wait_for(lambda: asyncio.sleep(0, result=len(acked) >= 100), 20, "writes before the kill")
     c.kill(leader, signal.SIGKILL)
     await c.wait_leader(exclude=(leader,))
@@ -105,6 +112,7 @@ async def test_no_acknowledged_pipelined_write_is_lost_when_the_leader_dies(raft
     await c.wait_for(lambda: asyncio.sleep(0, result=len(acked) >= before + 100), 30, "writes after the kill")
     stop.set()
     await asyncio.gather(*writers)
+    await shared.close()
     async with c.client(pipeline=True) as kv:
         got = await asyncio.gather(*(kv.get(k) for k in acked))
     lost = [k for k, v in zip(acked, got, strict=True) if v != acked[k].encode()]
