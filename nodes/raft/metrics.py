@@ -25,6 +25,7 @@ class RaftMetrics:
         self.reads = m["reads"].labels(member)
         self.fsync = m["fsync"].labels(member)
         self.ready_entries = m["ready_entries"].labels(member)
+        self.pipeline_batch = m["pipeline_batch"].labels(member)
         self.snapshots = m["snapshots"].labels(member)
         self.leader_changes = m["leader_changes"].labels(member)
 
@@ -45,6 +46,9 @@ def _metrics() -> dict[str, Gauge | Counter | Histogram]:
         "fsync": Histogram("faultlab_raft_fsync_seconds", "WAL fsync latency", ["member"], buckets=fsync_buckets),
         "ready_entries": Histogram("faultlab_raft_ready_entries", "Entries persisted per Ready (group commit)",
                                    ["member"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)),
+        "pipeline_batch": Histogram("faultlab_raft_pipeline_batch_operations",
+                                    "Operations per KV.Pipeline message received (client-side batching)",
+                                    ["member"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)),
         "snapshots": Counter("faultlab_raft_snapshots", "Snapshots taken or installed", ["member"]),
         "leader_changes": Counter("faultlab_raft_leader_changes", "Leader changes seen", ["member"]),
     }

@@ -273,10 +273,13 @@ class KVService(pb_grpc.KVServicer):
             in_flight += 1
             fut.add_done_callback(functools.partial(answered, rid, op, body, finish))
 
+        observe = self.node.metrics.pipeline_batch.observe
+
         async def read() -> None:
             nonlocal room
             try:
                 async for batch in request_iterator:
+                    observe(len(batch.requests))
                     for request in batch.requests:
                         while in_flight >= PIPELINE_WINDOW:
                             room = loop.create_future()
