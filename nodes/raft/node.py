@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from faultlab.nodes.common.deadlines import Deadlines
 from faultlab.nodes.common.node import NodeContext, env_default
 from faultlab.nodes.raft.core import (
     ConfChangePending,
@@ -181,6 +182,7 @@ class RaftNode:
         self.term = 0
         self.disk_error = ""
         self._waiters: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._deadlines = Deadlines()
         self._reads_new: list[asyncio.Future[int]] = []
         self._reads_issued: dict[bytes, list[asyncio.Future[int]]] = {}
         self._reads_waiting: list[tuple[int, list[asyncio.Future[int]]]] = []
@@ -596,10 +598,8 @@ class RaftNode:
 
     def _expire_after(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> None:
         """Fails ``fut`` with DEADLINE_EXCEEDED after ``timeout`` unless it is resolved first."""
-        if timeout is None:
-            return
-        timer = self._running_loop().call_later(timeout, self._expire, fut, what)
-        fut.add_done_callback(lambda _f: timer.cancel())
+        if timeout is not None:
+            self._deadlines.add(fut, timeout, self._expire, what)
 
     def _expire(self, fut: asyncio.Future[Any], what: str) -> None:
         if not fut.done():

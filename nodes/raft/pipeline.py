@@ -24,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from faultlab.nodes.common.deadlines import Deadlines
 from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 
@@ -103,7 +104,7 @@ def rpc_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
 
 
-def _expire(fut: asyncio.Future[pb.PipelineResponse], timeout: float) -> None:
+def _expire(fut: asyncio.Future[Any], timeout: float) -> None:
     if not fut.done():
         fut.set_exception(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"no answer on the pipeline within {timeout:.2f}s; outcome unknown"))
@@ -119,6 +120,7 @@ class Pipe:
         self._pending: dict[int, asyncio.Future[pb.PipelineResponse]] = {}
         self._outbox: Outbox[pb.PipelineRequest, pb.PipelineRequests] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._deadlines = Deadlines()
 
     async def call(self, op: str, request: Any, timeout: float) -> Any:
         """Sends ``request`` as ``op`` (put, get, delete, compare_and_swap); its response, or AioRpcError."""
@@ -130,13 +132,12 @@ class Pipe:
         fut: asyncio.Future[pb.PipelineResponse] = loop.create_future()
         self._pending[rid] = fut
         self._outbox.put(pb.PipelineRequest(id=rid, **{op: request}))
-        # A timer on the future, not asyncio.wait_for: wait_for costs a waiter future and
-        # callbacks per call, several times what the operation itself costs this client.
-        timer = loop.call_later(timeout, _expire, fut, timeout)
+        # Not asyncio.wait_for, nor a timer of its own: either costs more per call than the
+        # operation's other bookkeeping in this client.
+        self._deadlines.add(fut, timeout, _expire, timeout)
         try:
             answer = await fut
         finally:
-            timer.cancel()
             self._pending.pop(rid, None)
         if answer.WhichOneof("result") == "error":
             e = answer.error
