@@ -62,7 +62,6 @@ from faultlab.nodes.raft.transport import Transport, unwrap_snapshot_data, wrap_
 
 log = logging.getLogger("faultlab.raft.node")
 
-LEADER_METADATA = "faultlab-leader"
 # A leader may send its appends while it writes the same entries to its own disk
 # (Raft thesis, 10.2.1): they acknowledge nothing and grant nothing. The leader
 # answers a client only from a later Ready, after its own fsync of the entry.

@@ -28,6 +28,8 @@ from faultlab.nodes.common.deadlines import Deadlines
 from faultlab.protos.raft.v1 import raft_pb2 as pb
 from faultlab.protos.raft.v1 import raft_pb2_grpc as pb_grpc
 
+# Trailing metadata naming the leader ("id=host:port") on FAILED_PRECONDITION: the one definition
+# the servicers, the clients and the chaos workload share.
 LEADER_METADATA = "faultlab-leader"
 # One stream message holds operations up to this size (at least one): well inside the 64 MiB
 # both ends accept, and small enough not to hold the stream for long.

@@ -20,14 +20,13 @@ import grpc
 from faultlab.nodes.common.node import NodeContext
 from faultlab.nodes.raft.messages import ConfChange, ConfChangeType, Message
 from faultlab.nodes.raft.node import (
-    LEADER_METADATA,
     InvalidArgument,
     NotLeaderError,
     RaftNode,
     RaftNodeError,
     Unavailable,
 )
-from faultlab.nodes.raft.pipeline import Outbox, responses
+from faultlab.nodes.raft.pipeline import LEADER_METADATA, Outbox, responses
 from faultlab.nodes.raft.statemachine import (
     OP_CAS,
     OP_DELETE,

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from faultlab.nodes.raft.pipeline import LEADER_METADATA
 from faultlab.operator.chaos.history import History, OpKind, Outcome
 from faultlab.operator.chaos.probes import ClusterView, WindowStats, agreed_leader
 from faultlab.protos.raft.v1 import raft_pb2, raft_pb2_grpc
 
 __all__ = ["Sample", "Workload", "WorkloadConfig"]
 
-LEADER_METADATA = "faultlab-leader"
 _HOSTPORT = re.compile(r"([A-Za-z0-9_.\-\[\]:]+:\d+)")
 
 
